@@ -1,0 +1,161 @@
+package agent
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+
+	"fieldsync/internal/inbox"
+	"fieldsync/internal/ledger"
+	"fieldsync/protocol"
+)
+
+// Backoff bounds for reconnecting to an unreachable hub.
+const (
+	MinBackoff = 2 * time.Second
+	MaxBackoff = 5 * time.Minute
+	// PollEvery is how often the daemon syncs with nothing to send, to fetch
+	// new pledges and feedback from the hub.
+	PollEvery = 10 * time.Minute
+)
+
+// RunOptions configure the daemon.
+type RunOptions struct {
+	Inbox string // the inbox folder; DIR/inbox if empty
+	// Settle is how long a dropped file must stay unchanged before it is
+	// taken (the inbox default if zero).
+	Settle time.Duration
+}
+
+// Run is the daemon: it watches the inbox, and syncs with the hub whenever
+// there is something to send, backing off with jitter while the hub cannot
+// be reached. It returns when ctx ends.
+func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
+	dir := opts.Inbox
+	if dir == "" {
+		dir = a.InboxDir()
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	inboxErr := make(chan error, 1)
+	wg.Go(func() {
+		inboxErr <- inbox.Watch(ctx, dir, ingester{a}, inbox.Options{Logger: a.log, Settle: opts.Settle})
+	})
+
+	backoff := MinBackoff
+	for {
+		_, err := a.Sync(ctx, nil)
+		if ctx.Err() != nil {
+			return nil
+		}
+		wait := PollEvery
+		if err != nil {
+			a.log.Warn("sync failed", "err", err, "retry_in", backoff)
+			// Full jitter: sites that lost the hub together do not all
+			// come back at the same instant.
+			wait = backoff/2 + rand.N(backoff/2+1)
+			backoff = min(backoff*2, MaxBackoff)
+		} else {
+			backoff = MinBackoff
+		}
+		select {
+		case err := <-inboxErr:
+			return fmt.Errorf("inbox: %w", err)
+		default:
+		}
+		if err := a.waitForWork(ctx, wait); err != nil {
+			return nil
+		}
+	}
+}
+
+// waitForWork blocks until a new record is stored, the wait passes or ctx
+// ends.
+func (a *Agent) waitForWork(ctx context.Context, wait time.Duration) error {
+	ws := memdb.NewWatchSet()
+	var pending bool
+	err := a.led.Read(func(txn *memdb.Txn) error {
+		ch, last, err := txn.LastWatch(ledger.TableRecords, ledger.IndexID)
+		if err != nil {
+			return err
+		}
+		ws.Add(ch)
+		st, err := a.syncPoints(txn)
+		if err != nil {
+			return err
+		}
+		if r, ok := last.(*protocol.Record); ok && r.Seq > st.sealed {
+			pending = true
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if pending {
+		// Something arrived while the last sync ran; but after a failure,
+		// still honour the backoff.
+		ws = memdb.NewWatchSet()
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	ws.WatchCtx(wctx)
+	return ctx.Err()
+}
+
+// ingester turns inbox files into records.
+type ingester struct{ a *Agent }
+
+// Ingest stores the records of one inbox file, all or none, once: the file's
+// content hash is the batch key.
+func (in ingester) Ingest(ctx context.Context, file string, entries []inbox.Entry, attachments map[string]string) ([]string, error) {
+	key, err := fileKey(file)
+	if err != nil {
+		return nil, err
+	}
+	recs := make([]protocol.Record, len(entries))
+	attach := make([][]string, len(entries))
+	for i, e := range entries {
+		recs[i] = e.Record
+		for _, name := range e.Attach {
+			p, ok := attachments[name]
+			if !ok {
+				return nil, fmt.Errorf("record %d: attachment %q is not in the inbox", i+1, name)
+			}
+			attach[i] = append(attach[i], p)
+		}
+	}
+	stored, err := in.a.AddBatch(recs, attach, key)
+	if err != nil {
+		return nil, err
+	}
+	ids := make([]string, len(stored))
+	for i, r := range stored {
+		ids[i] = r.ID
+	}
+	in.a.log.Info("inbox file ingested", "file", file, "records", len(ids))
+	return ids, nil
+}
+
+func fileKey(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return "inbox:" + hex.EncodeToString(h.Sum(nil)), nil
+}

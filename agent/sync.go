@@ -1,0 +1,302 @@
+package agent
+
+import (
+	"bufio"
+	"context"
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+	"github.com/quic-go/quic-go"
+
+	"fieldsync/internal/ledger"
+	"fieldsync/internal/transport"
+	"fieldsync/protocol"
+)
+
+// Meta keys for the sync status.
+const (
+	metaLastSync     = "last_sync"
+	metaLastSyncTook = "last_sync_took"
+	metaLastError    = "last_error"
+	metaLastErrorAt  = "last_error_at"
+)
+
+// ChunkSize is how much of a bundle one wire message carries; the hub makes
+// each chunk durable before the next, so an interrupted transfer resumes
+// from the last chunk boundary.
+const ChunkSize = protocol.MaxChunk
+
+// SyncResult says what one sync moved.
+type SyncResult struct {
+	BundlesSent int           `json:"bundles_sent"`
+	BytesSent   int64         `json:"bytes_sent"`
+	Resumed     int64         `json:"resumed_from"` // bytes of a partial upload the hub already had
+	DownApplied int           `json:"down_applied"`
+	Took        time.Duration `json:"took"`
+}
+
+// Progress reports bytes moved during a long transfer.
+type Progress func(sent, total int64)
+
+// sessionCache keeps TLS session tickets across syncs in one process, so a
+// reconnect after an outage costs fewer round trips.
+var sessionCache = tls.NewLRUClientSessionCache(8)
+
+// Sync seals pending records, connects to the hub once, uploads every bundle
+// the hub lacks (resuming a partial upload), takes what the hub sends down,
+// and records the outcome in the status. It returns an error if the hub could
+// not be reached or refused the session.
+func (a *Agent) Sync(ctx context.Context, progress Progress) (SyncResult, error) {
+	start := a.now()
+	res, err := a.sync(ctx, progress)
+	res.Took = a.now().Sub(start)
+	if serr := a.recordSyncOutcome(start, res.Took, err); serr != nil && err == nil {
+		err = serr
+	}
+	return res, err
+}
+
+func (a *Agent) sync(ctx context.Context, progress Progress) (SyncResult, error) {
+	var res SyncResult
+	if _, err := a.Seal(); err != nil {
+		return res, err
+	}
+	tlsConf, err := transport.ClientTLS(a.key, a.id.HubKeyPin, sessionCache)
+	if err != nil {
+		return res, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, transport.HandshakeTimeout)
+	conn, err := quic.DialAddr(dctx, a.id.HubAddr, tlsConf, transport.QUICConfig())
+	cancel()
+	if err != nil {
+		return res, fmt.Errorf("reach hub %s: %w", a.id.HubAddr, err)
+	}
+	defer conn.CloseWithError(0, "")
+	stream, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return res, fmt.Errorf("open stream to hub: %w", err)
+	}
+	// Closing the stream's context ends blocked reads when ctx is cancelled.
+	stop := context.AfterFunc(ctx, func() { conn.CloseWithError(0, "cancelled") })
+	defer stop()
+
+	r := bufio.NewReader(stream)
+	hello, err := a.hello()
+	if err != nil {
+		return res, err
+	}
+	if err := protocol.WriteMessage(stream, hello); err != nil {
+		return res, fmt.Errorf("send hello: %w", err)
+	}
+	msg, err := protocol.ReadMessage(r)
+	if err != nil {
+		return res, fmt.Errorf("read hub answer: %w", err)
+	}
+	ok, isOK := msg.(*protocol.HelloOK)
+	if !isOK {
+		return res, hubError(msg)
+	}
+	if a.id.EnrolSecret != "" {
+		if err := a.forgetEnrolSecret(); err != nil {
+			return res, err
+		}
+	}
+	if ok.HubHWM > 0 {
+		if err := a.markAcked(ok.HubHWM, "", ""); err != nil {
+			return res, err
+		}
+		a.removeOutbox(ok.HubHWM)
+	}
+
+	bundles, err := a.unacked()
+	if err != nil {
+		return res, err
+	}
+	var total int64
+	for _, b := range bundles {
+		total += b.Size
+	}
+	// Acknowledgements arrive while later bundles are still going out; a
+	// reader goroutine takes them so the link never idles waiting for one.
+	acks := make(chan error, 1)
+	var wg sync.WaitGroup
+	wg.Go(func() { acks <- a.readAcks(r, stream, bundles, &res) })
+	var sent int64
+	for _, b := range bundles {
+		offset := int64(0)
+		if ok.Partial.Seq == b.Seq && ok.Partial.Offset <= b.Size {
+			offset = ok.Partial.Offset
+			res.Resumed += offset
+		}
+		n, err := a.sendBundle(stream, b, offset, func(done int64) {
+			if progress != nil {
+				progress(sent+offset+done, total)
+			}
+		})
+		sent += b.Size
+		res.BytesSent += n
+		if err != nil {
+			conn.CloseWithError(0, "")
+			wg.Wait()
+			return res, fmt.Errorf("send bundle %d: %w", b.Seq, err)
+		}
+		res.BundlesSent++
+	}
+	if err := protocol.WriteMessage(stream, &protocol.Done{}); err != nil {
+		return res, fmt.Errorf("send done: %w", err)
+	}
+	wg.Wait()
+	if err := <-acks; err != nil {
+		return res, err
+	}
+	stream.Close()
+	return res, nil
+}
+
+func (a *Agent) hello() (*protocol.Hello, error) {
+	h := &protocol.Hello{
+		Version:        protocol.Version,
+		Agent:          a.id.AgentID,
+		Site:           a.id.Site,
+		EnrolSecret:    a.id.EnrolSecret,
+		AgentRecipient: a.ageID.Recipient().String(),
+	}
+	err := a.led.Read(func(txn *memdb.Txn) error {
+		last, err := a.lastBundle(txn)
+		if err != nil {
+			return err
+		}
+		if last != nil {
+			h.BundleHWM = last.Seq
+		}
+		h.OldestUnsynced, err = a.oldestUnsynced(txn)
+		return err
+	})
+	return h, err
+}
+
+// sendBundle streams one bundle from offset in chunks; it returns the bytes
+// put on the stream.
+func (a *Agent) sendBundle(w io.Writer, b *ledger.Bundle, offset int64, progress func(int64)) (int64, error) {
+	f, err := os.Open(a.outboxPath(b.Seq))
+	if err != nil {
+		return 0, fmt.Errorf("open sealed bundle: %w", err)
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return 0, err
+	}
+	buf := make([]byte, ChunkSize)
+	var sent int64
+	for off := offset; ; {
+		n, err := io.ReadFull(f, buf)
+		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+			return sent, err
+		}
+		final := off+int64(n) >= b.Size
+		if err := protocol.WriteMessage(w, &protocol.Chunk{Seq: b.Seq, Offset: uint64(off), Total: uint64(b.Size), Final: final, Data: buf[:n]}); err != nil {
+			return sent, err
+		}
+		off += int64(n)
+		sent += int64(n)
+		progress(off - offset)
+		if final {
+			return sent, nil
+		}
+	}
+}
+
+// readAcks reads the hub's answers: one Ack per bundle, then what the hub
+// sends down, then its Bye.
+func (a *Agent) readAcks(r *bufio.Reader, w io.Writer, bundles []*ledger.Bundle, res *SyncResult) error {
+	for {
+		msg, err := protocol.ReadMessage(r)
+		if err != nil {
+			return fmt.Errorf("read from hub: %w", err)
+		}
+		switch m := msg.(type) {
+		case *protocol.Ack:
+			if err := a.markAcked(m.Seq, m.State, m.Reason); err != nil {
+				return err
+			}
+			a.removeOutbox(m.Seq)
+		case *protocol.DownBundle:
+			b, err := a.openDown(bytes.NewReader(m.Data))
+			if err != nil {
+				return fmt.Errorf("bundle from hub: %w", err)
+			}
+			if err := a.applyDown(b); err != nil {
+				return err
+			}
+			res.DownApplied++
+			if err := protocol.WriteMessage(w, &protocol.DownAck{Seq: m.Seq}); err != nil {
+				return err
+			}
+		case *protocol.Bye:
+			return nil
+		default:
+			return hubError(msg)
+		}
+	}
+}
+
+func hubError(msg protocol.Message) error {
+	if e, ok := msg.(*protocol.Error); ok {
+		return fmt.Errorf("hub refused: %s (%s)", e.Message, e.Code)
+	}
+	return fmt.Errorf("hub sent an unexpected %T", msg)
+}
+
+// forgetEnrolSecret drops the one-time secret once the hub has accepted the
+// agent: it is burnt at the hub and worthless to anyone who finds it here.
+func (a *Agent) forgetEnrolSecret() error {
+	id := a.id
+	id.EnrolSecret = ""
+	if err := writeIdentity(a.dir, id); err != nil {
+		return err
+	}
+	a.id = id
+	return nil
+}
+
+func (a *Agent) oldestUnsynced(txn *memdb.Txn) (time.Time, error) {
+	st, err := a.syncPoints(txn)
+	if err != nil {
+		return time.Time{}, err
+	}
+	it, err := txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, a.id.AgentID, st.acked+1)
+	if err != nil {
+		return time.Time{}, err
+	}
+	if r, ok := it.Next().(*protocol.Record); ok && r.Agent == a.id.AgentID {
+		return r.At, nil
+	}
+	return time.Time{}, nil
+}
+
+func (a *Agent) recordSyncOutcome(start time.Time, took time.Duration, syncErr error) error {
+	return a.led.Write(func(tx *ledger.Txn) error {
+		if syncErr != nil {
+			if err := tx.Put(ledger.TableMeta, &ledger.Meta{Key: metaLastError, Value: syncErr.Error()}); err != nil {
+				return err
+			}
+			return tx.Put(ledger.TableMeta, &ledger.Meta{Key: metaLastErrorAt, Value: start.UTC().Format(time.RFC3339)})
+		}
+		for k, v := range map[string]string{
+			metaLastSync: start.UTC().Format(time.RFC3339), metaLastSyncTook: took.Round(time.Millisecond).String(),
+			metaLastError: "", metaLastErrorAt: "",
+		} {
+			if err := tx.Put(ledger.TableMeta, &ledger.Meta{Key: k, Value: v}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}

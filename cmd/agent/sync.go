@@ -1,0 +1,129 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"fieldsync/internal/cli"
+	"fieldsync/internal/progress"
+)
+
+func statusCmd(inv *invocation) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status",
+		Short: "unsynced records and bytes, last successful sync, last error, hub",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := inv.state(cmd)
+			if err != nil {
+				return err
+			}
+			st, err := a.Status()
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return cli.PrintJSON(cmd.OutOrStdout(), st)
+			}
+			w := cmd.OutOrStdout()
+			fmt.Fprintf(w, "agent      %s\nsite       %s (%s)\nhub        %s (%s)\n", st.Agent, st.Site, st.SiteName, st.Hub, st.HubFingerprint)
+			fmt.Fprintf(w, "records    %d, %d not yet acknowledged by the hub (%s)\n", st.Records, st.Unsynced, progress.Bytes(st.UnsyncedBytes))
+			if !st.OldestUnsynced.IsZero() {
+				fmt.Fprintf(w, "oldest     unsynced since %s\n", st.OldestUnsynced.Format(time.RFC3339))
+			}
+			fmt.Fprintf(w, "pledges    %d, %d open\n", st.Pledges, st.PledgesOpen)
+			last := "never"
+			if st.LastSync != "" {
+				last = st.LastSync + " (took " + st.LastSyncTook + ")"
+			}
+			fmt.Fprintf(w, "last sync  %s\n", last)
+			if st.LastError != "" {
+				fmt.Fprintf(w, "last error %s: %s\n", st.LastErrorAt, st.LastError)
+			}
+			if st.HubNotes > 0 {
+				fmt.Fprintf(w, "hub notes  %d (see `agent list`)\n", st.HubNotes)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
+	return cmd
+}
+
+func syncCmd(inv *invocation) *cobra.Command {
+	return &cobra.Command{
+		Use:   "sync",
+		Short: "sync with the hub now, once; exits non-zero if the hub could not be reached",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := inv.state(cmd)
+			if err != nil {
+				return err
+			}
+			bar := progress.New(cmd.ErrOrStderr(), "upload")
+			res, err := a.Sync(cmd.Context(), bar.Update)
+			bar.Done()
+			if err != nil {
+				return fmt.Errorf("sync: %w", err)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "synced with %s: %d bundle(s), %s sent, %d from hub, took %s\n",
+				a.Identity().HubAddr, res.BundlesSent, progress.Bytes(res.BytesSent), res.DownApplied, res.Took.Round(time.Millisecond))
+			return nil
+		},
+	}
+}
+
+func exportCmd(inv *invocation) *cobra.Command {
+	var to string
+	cmd := &cobra.Command{
+		Use:   "export --to DIR",
+		Short: "write the bundles the hub lacks to DIR (a USB stick) for `hub import`",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			a, err := inv.state(cmd)
+			if err != nil {
+				return err
+			}
+			files, err := a.Export(inv.session.Abs(to))
+			if err != nil {
+				return fmt.Errorf("export: %w", err)
+			}
+			for _, f := range files {
+				fmt.Fprintln(cmd.OutOrStdout(), f)
+			}
+			if len(files) == 0 {
+				fmt.Fprintln(cmd.ErrOrStderr(), "nothing to export: the hub has every record")
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&to, "to", "", "folder to write bundles to")
+	cmd.MarkFlagRequired("to")
+	return cmd
+}
+
+func importCmd(inv *invocation) *cobra.Command {
+	return &cobra.Command{
+		Use:   "import FILE...",
+		Short: "apply bundles from the hub carried by hand (pledges, acknowledgements, feedback)",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			a, err := inv.state(cmd)
+			if err != nil {
+				return err
+			}
+			for _, f := range args {
+				n, err := a.Import(inv.session.Abs(f))
+				if err != nil {
+					return fmt.Errorf("import: %w", err)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "%s: %d item(s) applied\n", f, n)
+			}
+			return nil
+		},
+	}
+}
+

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"sync"
+
+	"github.com/spf13/cobra"
+
+	"fieldsync/hub"
+	"fieldsync/internal/cli"
+	"fieldsync/internal/datadir"
+)
+
+func serveCmd(inv *invocation) *cobra.Command {
+	var opts hub.ServeOptions
+	cmd := &cobra.Command{
+		Use:   "serve --listen ADDR [--http ADDR]",
+		Short: "serve the QUIC sync endpoint, the dashboard and API, and watch the drop folder",
+		Long: `serve runs the hub: agents sync over QUIC on --listen; operators use the
+dashboard and the JSON API on --http (loopback by default, operator token
+required); bundles copied into the drop folder are applied. Other hub
+commands keep working while it runs: they are passed to it.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			h, err := inv.session.Own()
+			if err != nil {
+				return err
+			}
+			if opts.Drop != "" {
+				opts.Drop = inv.session.Abs(opts.Drop)
+			}
+			opts.Ready = func(q, web net.Addr) {
+				fmt.Fprintf(cmd.ErrOrStderr(), "hub %s serving: sync on %s (udp)", h.Info().Fingerprint, q)
+				if web != nil {
+					fmt.Fprintf(cmd.ErrOrStderr(), ", dashboard on http://%s/", web)
+				}
+				fmt.Fprintln(cmd.ErrOrStderr())
+			}
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			var wg sync.WaitGroup
+			defer wg.Wait()
+			wg.Go(func() {
+				err := datadir.Serve(ctx, inv.dir, func(ctx context.Context, req datadir.Request, stdout, stderr io.Writer) int {
+					sub := &invocation{args: req.Args, cwd: req.Dir, stderr: stderr, held: h, logger: inv.logger}
+					return cli.Execute(ctx, newRoot(sub), req.Args, stdout, stderr)
+				}, inv.logger)
+				if err != nil && ctx.Err() == nil {
+					fmt.Fprintf(os.Stderr, "hub: control socket: %v (other hub commands will wait for the lock)\n", err)
+				}
+			})
+			return h.Serve(ctx, opts)
+		},
+	}
+	cmd.Flags().StringVar(&opts.Listen, "listen", "127.0.0.1:4433", "UDP address for agents to sync with")
+	cmd.Flags().StringVar(&opts.HTTP, "http", "127.0.0.1:8080", "address of the dashboard and JSON API (empty to disable)")
+	cmd.Flags().StringVar(&opts.Drop, "drop", "", "drop folder for bundles carried by hand (default DIR/drop)")
+	return cmd
+}
+
+func statusCmd(inv *invocation) *cobra.Command {
+	var f hub.StatusFilter
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [--site ID] [--donor D]",
+		Short: "the aggregated picture: pledged, received, confirmed, outstanding, disputed",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			h, err := inv.state(cmd)
+			if err != nil {
+				return err
+			}
+			st, err := h.Status(f)
+			if err != nil {
+				return err
+			}
+			if asJSON {
+				return cli.PrintJSON(cmd.OutOrStdout(), st)
+			}
+			return printStatus(cmd.OutOrStdout(), st)
+		},
+	}
+	cmd.Flags().StringVar(&f.Site, "site", "", "only this site")
+	cmd.Flags().StringVar(&f.Donor, "donor", "", "only this donor")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
+	return cmd
+}
+
+func exportCmd(inv *invocation) *cobra.Command {
+	var format, out, agentID string
+	cmd := &cobra.Command{
+		Use:   "export --format csv|json|hxl|bundle --out FILE",
+		Short: "write the aggregated picture and every record for other tools (or, with --format bundle, a bundle for one agent to carry by hand)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			h, err := inv.state(cmd)
+			if err != nil {
+				return err
+			}
+			path := inv.session.Abs(out)
+			if format == "bundle" {
+				if agentID == "" {
+					return fmt.Errorf("--format bundle needs --agent ID (see `hub status`)")
+				}
+				return h.ExportDown(agentID, path)
+			}
+			n, err := h.Export(format, path)
+			if err != nil {
+				return fmt.Errorf("export: %w", err)
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "%d rows written to %s\n", n, out)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&format, "format", "csv", "csv, json, hxl, or bundle")
+	cmd.Flags().StringVar(&out, "out", "", "file to write")
+	cmd.Flags().StringVar(&agentID, "agent", "", "with --format bundle: the agent the bundle is for")
+	cmd.MarkFlagRequired("out")
+	return cmd
+}
+
+func importCmd(inv *invocation) *cobra.Command {
+	var reply string
+	cmd := &cobra.Command{
+		Use:   "import FILE...",
+		Short: "apply bundles carried by hand; with --reply DIR, write bundles back for the agents",
+		Args:  cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			h, err := inv.state(cmd)
+			if err != nil {
+				return err
+			}
+			failed := 0
+			agents := map[string]bool{}
+			for _, f := range args {
+				res, err := h.IntakeFile(inv.session.Abs(f))
+				if err != nil {
+					failed++
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s: %s\n", f, res.State, res.Reason)
+					if res.State == "" {
+						fmt.Fprintf(cmd.ErrOrStderr(), "%s: %v\n", f, err)
+					}
+					continue
+				}
+				agents[res.Agent] = true
+				fmt.Fprintf(cmd.OutOrStdout(), "%s: %s bundle %d from %s (%s): %d record(s), %d new\n", f, res.State, res.Seq, res.Agent, res.Site, res.Records, res.Applied)
+				if res.Reason != "" {
+					fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s\n", f, res.Reason)
+				}
+			}
+			if reply != "" {
+				for a := range agents {
+					p := inv.session.Abs(reply) + string(os.PathSeparator) + "hub-to-" + a + ".age"
+					if err := h.ExportDown(a, p); err != nil {
+						return err
+					}
+					fmt.Fprintf(cmd.ErrOrStderr(), "reply for %s written to %s (run `agent import` on it at the site)\n", a, p)
+				}
+			}
+			if failed > 0 {
+				return fmt.Errorf("%d of %d bundle(s) not applied (reasons above)", failed, len(args))
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&reply, "reply", "", "folder to write a bundle back for each agent (acknowledgements, pledges, feedback)")
+	return cmd
+}

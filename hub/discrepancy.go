@@ -1,0 +1,130 @@
+package hub
+
+import (
+	"fmt"
+
+	"github.com/hashicorp/go-memdb"
+
+	"fieldsync/internal/ledger"
+	"fieldsync/protocol"
+)
+
+// Discrepancy kinds.
+const (
+	DiscShort      = "short"      // fewer received than pledged, reported at confirmation
+	DiscOver       = "over"       // more received than pledged
+	DiscDamaged    = "damaged"    // items arrived damaged
+	DiscIncomplete = "incomplete" // items arrived incomplete
+	DiscRejected   = "rejected"   // items rejected at confirmation (wrong item, expired)
+	DiscSerial     = "serial"     // a serial number reported at two sites
+	DiscUnmatched  = "unmatched"  // a delivery that names no known pledge
+	DiscCancelled  = "cancelled"  // a delivery or confirmation of a cancelled pledge
+	DiscWrongSite  = "wrong-site" // a record names a pledge of another site
+)
+
+// Discrepancy is something wrong with what a site reported, attached to the
+// record that showed it and, where there is one, to its pledge.
+type Discrepancy struct {
+	Kind   string `json:"kind"`
+	Site   string `json:"site"`
+	Pledge string `json:"pledge,omitempty"`
+	Record string `json:"record"`
+	Detail string `json:"detail"`
+}
+
+// recordDiscrepancies finds what is wrong with one applied record, given the
+// state it was applied to (which includes the record itself).
+func recordDiscrepancies(txn *memdb.Txn, rec *protocol.Record) ([]Discrepancy, error) {
+	var out []Discrepancy
+	add := func(kind, format string, args ...any) {
+		out = append(out, Discrepancy{Kind: kind, Site: rec.Site, Pledge: rec.Pledge, Record: rec.ID, Detail: fmt.Sprintf(format, args...)})
+	}
+	if rec.Type != protocol.TypeDelivery && rec.Type != protocol.TypeConfirmation && rec.Type != protocol.TypeTraining {
+		return nil, nil
+	}
+	var p *protocol.Pledge
+	if rec.Pledge != "" {
+		obj, err := txn.First(ledger.TablePledges, ledger.IndexID, rec.Pledge)
+		if err != nil {
+			return nil, err
+		}
+		if obj != nil {
+			p = obj.(*protocol.Pledge)
+		}
+	}
+	switch {
+	case rec.Pledge == "" && rec.Type == protocol.TypeDelivery:
+		add(DiscUnmatched, "delivery of %d × %q matches no pledge", rec.Qty, rec.Item)
+	case rec.Pledge != "" && p == nil:
+		add(DiscUnmatched, "names pledge %s, which the hub does not know", rec.Pledge)
+	case p != nil && p.Site != rec.Site:
+		add(DiscWrongSite, "names pledge %s of site %s", p.ID, p.Site)
+	case p != nil && p.Cancelled:
+		add(DiscCancelled, "%s of pledge %s, which was cancelled", rec.Type, p.ID)
+	}
+	switch rec.Condition {
+	case protocol.ConditionDamaged:
+		add(DiscDamaged, "%q arrived damaged", rec.Item)
+	case protocol.ConditionIncomplete:
+		add(DiscIncomplete, "%q arrived incomplete", rec.Item)
+	}
+	if rec.Type == protocol.TypeConfirmation && rec.QtyRejected > 0 {
+		kind := DiscRejected
+		switch rec.Rejection {
+		case protocol.RejectShort:
+			kind = DiscShort
+		case protocol.RejectDamaged:
+			kind = DiscDamaged
+		}
+		add(kind, "%d rejected at confirmation: %s", rec.QtyRejected, rec.Rejection)
+	}
+	if p != nil && !p.Cancelled && p.Site == rec.Site {
+		total, err := ledger.PledgeTotals(txn, p.ID)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case rec.Type == protocol.TypeConfirmation && total.Confirmed+total.Rejected > p.Qty:
+			add(DiscOver, "confirmed %d + rejected %d of %d pledged", total.Confirmed, total.Rejected, p.Qty)
+		case rec.Type != protocol.TypeConfirmation && total.Received > p.Qty:
+			add(DiscOver, "received %d of %d pledged", total.Received, p.Qty)
+		}
+	}
+	for _, s := range rec.Serials {
+		if other, err := serialElsewhere(txn, s, rec.Site); err != nil {
+			return nil, err
+		} else if other != "" {
+			add(DiscSerial, "serial %q was also reported at site %s", s, other)
+		}
+	}
+	return out, nil
+}
+
+// checkRecord records the discrepancies of a newly applied record as
+// feedback for the agent that sent it.
+func checkRecord(txn *memdb.Txn, rec *protocol.Record, fb *feedbackWriter) error {
+	ds, err := recordDiscrepancies(txn, rec)
+	if err != nil {
+		return err
+	}
+	for _, d := range ds {
+		if err := fb.add(rec.ID, "discrepancy", d.Kind+": "+d.Detail); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// serialElsewhere returns another site that reported the serial, if any.
+func serialElsewhere(txn *memdb.Txn, serial, site string) (string, error) {
+	it, err := txn.Get(ledger.TableRecords, ledger.IndexSerial, serial)
+	if err != nil {
+		return "", err
+	}
+	for obj := it.Next(); obj != nil; obj = it.Next() {
+		if r := obj.(*protocol.Record); r.Site != site {
+			return r.Site, nil
+		}
+	}
+	return "", nil
+}

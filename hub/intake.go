@@ -1,0 +1,324 @@
+package hub
+
+import (
+	"crypto/ed25519"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+
+	"fieldsync/internal/atomicfile"
+	"fieldsync/internal/ledger"
+	"fieldsync/protocol"
+)
+
+// Intake outcomes.
+const (
+	StateApplied     = "applied"     // records applied now
+	StateDuplicate   = "duplicate"   // applied before; nothing changed
+	StateHeld        = "held"        // arrived ahead of a missing bundle; applied when the gap fills
+	StateQuarantined = "quarantined" // kept aside, not applied, with a reason
+	StateRefused     = "refused"     // not a bundle this hub can trust; nothing kept
+)
+
+// Result says what happened to one bundle.
+type Result struct {
+	File    string `json:"file,omitempty"`
+	Agent   string `json:"agent,omitempty"`
+	Site    string `json:"site,omitempty"`
+	Seq     uint64 `json:"seq,omitempty"`
+	Records int    `json:"records"`
+	Applied int    `json:"applied"` // records new to the hub
+	State   string `json:"state"`
+	Reason  string `json:"reason,omitempty"`
+}
+
+// IntakeError is returned for a bundle that was refused or quarantined.
+type IntakeError struct{ Result Result }
+
+func (e *IntakeError) Error() string {
+	return fmt.Sprintf("bundle %s %s: %s", e.Result.File, e.Result.State, e.Result.Reason)
+}
+
+// IntakeFile verifies and applies the bundle in the file at path, exactly
+// once. The file is left where it is; a copy is archived (applied) or kept in
+// quarantine. A refused or quarantined bundle returns an *IntakeError whose
+// Result says why; nothing already stored changes.
+func (h *Hub) IntakeFile(path string) (Result, error) {
+	res := Result{File: filepath.Base(path)}
+	f, err := os.Open(path)
+	if err != nil {
+		return res, fmt.Errorf("open bundle %s: %w", path, err)
+	}
+	defer f.Close()
+	if st, err := f.Stat(); err == nil && st.Size() > protocol.MaxBundleSize {
+		return h.refuse(res, fmt.Sprintf("file is %d bytes, over the %d-byte bundle limit", st.Size(), int64(protocol.MaxBundleSize)))
+	}
+
+	h.intakeMu.Lock()
+	defer h.intakeMu.Unlock()
+
+	var sender *ledger.Agent
+	b, err := protocol.OpenBundle(f, h.ageID, func(m *protocol.Manifest) (ed25519.PublicKey, error) {
+		a, err := h.agent(m.From)
+		if err != nil {
+			return nil, err
+		}
+		if a == nil {
+			return nil, fmt.Errorf("agent %q is not enrolled at this hub", m.From)
+		}
+		sender = a
+		return base64.StdEncoding.DecodeString(a.Key)
+	})
+	if err != nil {
+		return h.refuse(res, err.Error())
+	}
+	m := b.Manifest
+	res.Agent, res.Site, res.Seq, res.Records = m.From, sender.Site, m.Seq, len(b.Records)
+	if m.Kind != protocol.KindRecords {
+		return h.refuse(res, fmt.Sprintf("a %q bundle is not for the hub", m.Kind))
+	}
+	if sender.IsRevoked() {
+		return h.quarantine(path, res, b, fmt.Sprintf("agent %s was revoked on %s", sender.ID, sender.Revoked.Format(time.RFC3339)))
+	}
+	if m.Site != sender.Site {
+		return h.quarantine(path, res, b, fmt.Sprintf("bundle claims site %q but agent %s is enrolled for %q", m.Site, sender.ID, sender.Site))
+	}
+	switch {
+	case m.Seq <= sender.BundleHWM:
+		prev, err := h.bundle(m.From, m.Seq)
+		if err != nil {
+			return res, err
+		}
+		if prev != nil && prev.Hash != b.Hash {
+			return h.quarantine(path, res, b, fmt.Sprintf("bundle %d from %s differs from the one already applied (replayed or forged)", m.Seq, m.From))
+		}
+		res.State, res.Reason = StateDuplicate, fmt.Sprintf("bundle %d was applied before; nothing changed", m.Seq)
+		return res, nil
+	case m.Seq > sender.BundleHWM+1:
+		return h.hold(path, res, sender)
+	case m.PrevHash != sender.LastHash:
+		return h.quarantine(path, res, b, fmt.Sprintf("bundle %d does not follow bundle %d from %s (hash chain broken)", m.Seq, sender.BundleHWM, m.From))
+	}
+
+	if err := h.archive(path, m.From, m.Seq); err != nil {
+		return res, err
+	}
+	applied, err := h.apply(b)
+	if err != nil {
+		var ie *IntakeError
+		if errors.As(err, &ie) {
+			return h.quarantine(path, res, b, ie.Result.Reason)
+		}
+		return res, err
+	}
+	res.State, res.Applied = StateApplied, applied
+	h.metrics.recordsApplied.Add(float64(applied))
+	h.log.Info("bundle applied", "agent", m.From, "site", m.Site, "bundle", m.Seq, "records", len(b.Records), "new", applied)
+
+	// A bundle that arrived early may now follow.
+	if next := h.heldPath(m.From, m.Seq+1); fileExists(next) {
+		h.intakeMu.Unlock()
+		nres, err := h.IntakeFile(next)
+		h.intakeMu.Lock()
+		if err == nil {
+			os.Remove(next)
+		} else {
+			h.log.Warn("held bundle not applied", "agent", m.From, "bundle", m.Seq+1, "err", err, "state", nres.State)
+		}
+	}
+	return res, nil
+}
+
+// apply stores a verified bundle's records and moves the agent's chain on,
+// in one durable write. Records already stored by (agent, seq) are skipped:
+// that is what makes every record apply exactly once.
+func (h *Hub) apply(b *protocol.Bundle) (int, error) {
+	m := b.Manifest
+	now := h.now().UTC()
+	applied := 0
+	err := h.led.Write(func(tx *ledger.Txn) error {
+		obj, err := tx.First(ledger.TableAgents, ledger.IndexID, m.From)
+		if err != nil || obj == nil {
+			return fmt.Errorf("agent %s vanished during intake", m.From)
+		}
+		a := *obj.(*ledger.Agent)
+		fb := newFeedbackWriter(tx, a.ID, m.Seq, now)
+		for i := range b.Records {
+			rec := &b.Records[i]
+			if rec.Agent != m.From || rec.Site != a.Site {
+				return &IntakeError{Result: Result{State: StateQuarantined,
+					Reason: fmt.Sprintf("record %s claims agent %q site %q, not the sender's", rec.ID, rec.Agent, rec.Site)}}
+			}
+			old, err := tx.First(ledger.TableRecords, ledger.IndexSeq, rec.Agent, rec.Seq)
+			if err != nil {
+				return err
+			}
+			if old != nil {
+				if old.(*protocol.Record).ID != rec.ID {
+					return &IntakeError{Result: Result{State: StateQuarantined,
+						Reason: fmt.Sprintf("record %d of agent %s was already applied with another id", rec.Seq, rec.Agent)}}
+				}
+				continue
+			}
+			if dup, err := tx.First(ledger.TableRecords, ledger.IndexID, rec.ID); err != nil {
+				return err
+			} else if dup != nil {
+				return &IntakeError{Result: Result{State: StateQuarantined,
+					Reason: fmt.Sprintf("record id %s is already used by another record", rec.ID)}}
+			}
+			if err := tx.Put(ledger.TableRecords, rec); err != nil {
+				return err
+			}
+			if err := checkRecord(tx.Txn, rec, fb); err != nil {
+				return err
+			}
+			applied++
+		}
+		a.BundleHWM, a.LastHash, a.LastSeen = m.Seq, b.Hash, now
+		if err := tx.Put(ledger.TableAgents, &a); err != nil {
+			return err
+		}
+		return tx.Put(ledger.TableBundles, &ledger.Bundle{
+			From: m.From, Seq: m.Seq, Hash: b.Hash, PrevHash: m.PrevHash, FirstSeq: m.FirstRecordSeq,
+			LastSeq: m.LastRecordSeq, Count: len(b.Records), Created: m.Created, State: ledger.BundleApplied, Updated: now,
+		})
+	})
+	return applied, err
+}
+
+// refuse reports a bundle that cannot be trusted at all. Nothing is stored.
+func (h *Hub) refuse(res Result, reason string) (Result, error) {
+	res.State, res.Reason = StateRefused, reason
+	h.metrics.bundlesRefused.WithLabelValues(refusalKind(reason)).Inc()
+	h.log.Warn("bundle refused", "file", res.File, "agent", res.Agent, "reason", reason)
+	return res, &IntakeError{Result: res}
+}
+
+// quarantine keeps an authentic bundle that must not be applied, with its
+// reason, and tells the agent why at its next sync.
+func (h *Hub) quarantine(path string, res Result, b *protocol.Bundle, reason string) (Result, error) {
+	res.State, res.Reason = StateQuarantined, reason
+	m := b.Manifest
+	now := h.now().UTC()
+	dst := filepath.Join(h.dir, quarantineDir, fmt.Sprintf("%s-%d-%d.age", m.From, m.Seq, now.UnixNano()))
+	if err := copyFile(path, dst); err != nil {
+		return res, fmt.Errorf("quarantine bundle: %w", err)
+	}
+	err := h.led.Write(func(tx *ledger.Txn) error {
+		if prev, err := tx.First(ledger.TableBundles, ledger.IndexID, m.From, m.Seq); err != nil {
+			return err
+		} else if prev != nil && prev.(*ledger.Bundle).State == ledger.BundleApplied {
+			// Never shadow the applied bundle of the same number.
+		} else if err := tx.Put(ledger.TableBundles, &ledger.Bundle{From: m.From, Seq: m.Seq, Hash: b.Hash,
+			PrevHash: m.PrevHash, FirstSeq: m.FirstRecordSeq, LastSeq: m.LastRecordSeq, Count: len(b.Records),
+			Created: m.Created, State: ledger.BundleQuarantined, Reason: reason, Updated: now}); err != nil {
+			return err
+		}
+		return newFeedbackWriter(tx, m.From, m.Seq, now).add("", "quarantined", reason)
+	})
+	if err != nil {
+		return res, err
+	}
+	h.metrics.bundlesRefused.WithLabelValues("quarantined").Inc()
+	h.log.Warn("bundle quarantined", "agent", m.From, "bundle", m.Seq, "reason", reason)
+	return res, &IntakeError{Result: res}
+}
+
+// hold keeps a bundle that arrived before one it follows.
+func (h *Hub) hold(path string, res Result, a *ledger.Agent) (Result, error) {
+	dst := h.heldPath(a.ID, res.Seq)
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return res, err
+	}
+	if err := copyFile(path, dst); err != nil {
+		return res, fmt.Errorf("hold bundle: %w", err)
+	}
+	res.State = StateHeld
+	res.Reason = fmt.Sprintf("bundles %d to %d from %s are missing; this one waits for them", a.BundleHWM+1, res.Seq-1, a.ID)
+	return res, nil
+}
+
+func (h *Hub) heldPath(agent string, seq uint64) string {
+	return filepath.Join(h.dir, bundlesDir, "held", agent, fmt.Sprintf("%d.age", seq))
+}
+
+// archive keeps the applied bundle as received, for audit and re-export.
+func (h *Hub) archive(path, agent string, seq uint64) error {
+	dst := filepath.Join(h.dir, bundlesDir, agent, fmt.Sprintf("%d.age", seq))
+	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
+		return err
+	}
+	return copyFile(path, dst)
+}
+
+func (h *Hub) agent(id string) (*ledger.Agent, error) {
+	var a *ledger.Agent
+	err := h.led.Read(func(txn *memdb.Txn) error {
+		obj, err := txn.First(ledger.TableAgents, ledger.IndexID, id)
+		if obj != nil {
+			a = obj.(*ledger.Agent)
+		}
+		return err
+	})
+	return a, err
+}
+
+func (h *Hub) bundle(from string, seq uint64) (*ledger.Bundle, error) {
+	var b *ledger.Bundle
+	err := h.led.Read(func(txn *memdb.Txn) error {
+		obj, err := txn.First(ledger.TableBundles, ledger.IndexID, from, seq)
+		if obj != nil {
+			b = obj.(*ledger.Bundle)
+		}
+		return err
+	})
+	return b, err
+}
+
+// feedbackWriter appends feedback for one agent within a write.
+type feedbackWriter struct {
+	tx     *ledger.Txn
+	agent  string
+	bundle uint64
+	at     time.Time
+	seq    uint64
+	loaded bool
+}
+
+func newFeedbackWriter(tx *ledger.Txn, agent string, bundle uint64, at time.Time) *feedbackWriter {
+	return &feedbackWriter{tx: tx, agent: agent, bundle: bundle, at: at}
+}
+
+func (w *feedbackWriter) add(record, state, reason string) error {
+	if !w.loaded {
+		it, err := w.tx.ReverseLowerBound(ledger.TableFeedback, ledger.IndexID, w.agent, uint64(1<<63))
+		if err != nil {
+			return err
+		}
+		if f, ok := it.Next().(*ledger.Feedback); ok && f.Agent == w.agent {
+			w.seq = f.Seq
+		}
+		w.loaded = true
+	}
+	w.seq++
+	return w.tx.Put(ledger.TableFeedback, &ledger.Feedback{Agent: w.agent, Seq: w.seq, Record: record,
+		Bundle: w.bundle, State: state, Reason: reason, At: w.at})
+}
+
+func copyFile(src, dst string) error {
+	data, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	return atomicfile.Write(dst, data, 0o600)
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
+}

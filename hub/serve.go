@@ -1,0 +1,92 @@
+package hub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+
+	"github.com/quic-go/quic-go"
+
+	"fieldsync/internal/transport"
+)
+
+// ServeOptions say where the hub listens.
+type ServeOptions struct {
+	Listen string // QUIC sync endpoint, HOST:PORT (UDP)
+	HTTP   string // dashboard and API, HOST:PORT; empty disables it
+	Drop   string // drop folder; empty for DIR/drop
+	// Ready, if set, is called with the bound addresses once listening.
+	Ready func(quicAddr, httpAddr net.Addr)
+}
+
+// Serve runs the QUIC sync endpoint, the drop folder watcher and the
+// dashboard until ctx ends, then stops them all and returns.
+func (h *Hub) Serve(ctx context.Context, opts ServeOptions) error {
+	tlsConf, err := transport.ServerTLS(h.key, h.acceptKey)
+	if err != nil {
+		return err
+	}
+	udp, err := net.ListenPacket("udp", opts.Listen)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", opts.Listen, err)
+	}
+	tr := &quic.Transport{Conn: udp}
+	defer tr.Close()
+	ln, err := tr.Listen(tlsConf, transport.QUICConfig())
+	if err != nil {
+		return fmt.Errorf("listen QUIC on %s: %w", opts.Listen, err)
+	}
+	defer ln.Close()
+
+	var httpAddr net.Addr
+	var httpLn net.Listener
+	if opts.HTTP != "" {
+		httpLn, err = net.Listen("tcp", opts.HTTP)
+		if err != nil {
+			return fmt.Errorf("listen HTTP on %s: %w", opts.HTTP, err)
+		}
+		httpAddr = httpLn.Addr()
+	}
+	drop := opts.Drop
+	if drop == "" {
+		drop = h.DropDir()
+	}
+	h.log.Info("hub serving", "quic", udp.LocalAddr().String(), "http", httpAddr, "drop", drop)
+	if opts.Ready != nil {
+		opts.Ready(udp.LocalAddr(), httpAddr)
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make(chan error, 3)
+	wg.Go(func() { errs <- h.watchDrop(ctx, drop) })
+	if httpLn != nil {
+		wg.Go(func() { errs <- h.serveHTTP(ctx, httpLn) })
+	}
+	wg.Go(func() {
+		var conns sync.WaitGroup
+		defer conns.Wait()
+		for {
+			conn, err := ln.Accept(ctx)
+			if err != nil {
+				if ctx.Err() == nil && !errors.Is(err, quic.ErrServerClosed) {
+					errs <- fmt.Errorf("accept: %w", err)
+				}
+				return
+			}
+			conns.Go(func() { h.handleConn(ctx, conn) })
+		}
+	})
+	var first error
+	select {
+	case <-ctx.Done():
+	case first = <-errs:
+	}
+	cancel()
+	ln.Close()
+	wg.Wait()
+	return first
+}

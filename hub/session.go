@@ -1,0 +1,405 @@
+package hub
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ed25519"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"filippo.io/age"
+	"github.com/hashicorp/go-memdb"
+	"github.com/quic-go/quic-go"
+
+	"fieldsync/internal/ledger"
+	"fieldsync/internal/transport"
+	"fieldsync/protocol"
+)
+
+// Limits on one sync session.
+const (
+	// SessionIdle is how long the hub waits for the agent's next message.
+	SessionIdle = 2 * time.Minute
+)
+
+// acceptKey refuses revoked agents during the TLS handshake. Unknown keys
+// pass: a new agent proves itself with its enrolment secret in its first
+// message, before anything it sends is accepted.
+func (h *Hub) acceptKey(pub ed25519.PublicKey) error {
+	enc := base64.StdEncoding.EncodeToString(pub)
+	var revoked bool
+	h.led.Read(func(txn *memdb.Txn) error {
+		it, err := txn.Get(ledger.TableAgents, ledger.IndexID)
+		if err != nil {
+			return err
+		}
+		for obj := it.Next(); obj != nil; obj = it.Next() {
+			if a := obj.(*ledger.Agent); a.Key == enc && a.IsRevoked() {
+				revoked = true
+			}
+		}
+		return nil
+	})
+	if revoked {
+		return errors.New("agent revoked")
+	}
+	return nil
+}
+
+// sessionError is a refusal sent to the agent before closing.
+type sessionError struct {
+	code string
+	msg  string
+}
+
+func (e *sessionError) Error() string { return e.code + ": " + e.msg }
+
+// handleConn runs one agent's sync session on a QUIC connection.
+func (h *Hub) handleConn(ctx context.Context, conn *quic.Conn) {
+	defer conn.CloseWithError(0, "")
+	sctx, cancel := context.WithTimeout(ctx, 24*time.Hour)
+	defer cancel()
+	stream, err := conn.AcceptStream(sctx)
+	if err != nil {
+		return
+	}
+	err = h.session(sctx, conn, stream)
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+		var se *sessionError
+		if errors.As(err, &se) {
+			outcome = se.code
+			protocol.WriteMessage(stream, &protocol.Error{Code: se.code, Message: se.msg})
+		}
+		h.log.Warn("sync session ended", "remote", conn.RemoteAddr().String(), "err", err)
+	}
+	h.metrics.sessions.WithLabelValues(outcome).Inc()
+	stream.Close()
+	// Give the final message time to leave before the connection closes.
+	select {
+	case <-stream.Context().Done():
+	case <-time.After(2 * time.Second):
+	}
+}
+
+// deadlineReader renews a read deadline before every read, so a silent agent
+// cannot hold a session forever.
+type deadlineReader struct{ s *quic.Stream }
+
+func (d deadlineReader) Read(p []byte) (int, error) {
+	d.s.SetReadDeadline(time.Now().Add(SessionIdle))
+	return d.s.Read(p)
+}
+
+func (h *Hub) session(ctx context.Context, conn *quic.Conn, stream *quic.Stream) error {
+	r := bufio.NewReader(deadlineReader{stream})
+	msg, err := protocol.ReadMessage(r)
+	if err != nil {
+		return &sessionError{protocol.CodeMalformed, "expected hello: " + err.Error()}
+	}
+	hello, ok := msg.(*protocol.Hello)
+	if !ok {
+		return &sessionError{protocol.CodeMalformed, fmt.Sprintf("expected hello, got %T", msg)}
+	}
+	if hello.Version != protocol.Version {
+		return &sessionError{protocol.CodeVersion, fmt.Sprintf("hub speaks version %d, agent %d: upgrade the older side", protocol.Version, hello.Version)}
+	}
+	peer, err := transport.PeerKey(conn.ConnectionState().TLS)
+	if err != nil {
+		return &sessionError{protocol.CodeUnauthenticated, err.Error()}
+	}
+	a, err := h.authenticate(hello, peer)
+	if err != nil {
+		return err
+	}
+	log := h.log.With("agent", a.ID, "site", a.Site)
+
+	ok2 := &protocol.HelloOK{Version: protocol.Version, HubHWM: a.BundleHWM}
+	if off := h.partialSize(a.ID, a.BundleHWM+1); off > 0 {
+		ok2.Partial = protocol.Partial{Seq: a.BundleHWM + 1, Offset: uint64(off)}
+	}
+	if err := protocol.WriteMessage(stream, ok2); err != nil {
+		return err
+	}
+	log.Info("sync session", "remote", conn.RemoteAddr().String(), "agent_hwm", hello.BundleHWM, "hub_hwm", a.BundleHWM)
+
+	// Uploads: chunks until Done.
+	var part *os.File
+	var partSeq uint64
+	defer func() {
+		if part != nil {
+			part.Close()
+		}
+	}()
+	for {
+		msg, err := protocol.ReadMessage(r)
+		if err != nil {
+			return fmt.Errorf("read from agent: %w", err)
+		}
+		if _, done := msg.(*protocol.Done); done {
+			break
+		}
+		c, ok := msg.(*protocol.Chunk)
+		if !ok {
+			return &sessionError{protocol.CodeMalformed, fmt.Sprintf("expected chunk or done, got %T", msg)}
+		}
+		if c.Total > protocol.MaxBundleSize {
+			return &sessionError{protocol.CodeTooLarge, fmt.Sprintf("bundle %d is %d bytes, over the %d-byte limit", c.Seq, c.Total, int64(protocol.MaxBundleSize))}
+		}
+		if part == nil || partSeq != c.Seq {
+			if part != nil {
+				part.Close()
+			}
+			part, err = h.openPartial(a.ID, c.Seq)
+			if err != nil {
+				return err
+			}
+			partSeq = c.Seq
+		}
+		if err := writeChunk(part, c); err != nil {
+			return &sessionError{protocol.CodeMalformed, err.Error()}
+		}
+		h.metrics.bytesReceived.Add(float64(len(c.Data)))
+		if !c.Final {
+			continue
+		}
+		path := part.Name()
+		part.Close()
+		part = nil
+		res, err := h.IntakeFile(path)
+		ack := &protocol.Ack{Seq: c.Seq, State: res.State, Reason: res.Reason}
+		var ie *IntakeError
+		if err != nil && !errors.As(err, &ie) {
+			return fmt.Errorf("intake bundle %d: %w", c.Seq, err)
+		}
+		// The partial file is done with whatever the outcome: an applied
+		// bundle is archived, a refused one must be sent anew.
+		os.Remove(path)
+		if err := protocol.WriteMessage(stream, ack); err != nil {
+			return err
+		}
+	}
+
+	if err := h.sendDown(ctx, r, stream, a.ID); err != nil {
+		return err
+	}
+	return protocol.WriteMessage(stream, &protocol.Bye{})
+}
+
+// authenticate matches the peer's key and hello to an enrolled agent, or
+// enrols a new agent that presents a valid one-time secret, burning it.
+func (h *Hub) authenticate(hello *protocol.Hello, peer ed25519.PublicKey) (*ledger.Agent, error) {
+	peerKey := base64.StdEncoding.EncodeToString(peer)
+	now := h.now().UTC()
+	var out *ledger.Agent
+	err := h.led.Write(func(tx *ledger.Txn) error {
+		obj, err := tx.First(ledger.TableAgents, ledger.IndexID, hello.Agent)
+		if err != nil {
+			return err
+		}
+		var a ledger.Agent
+		if obj != nil {
+			a = *obj.(*ledger.Agent)
+			if subtle.ConstantTimeCompare([]byte(a.Key), []byte(peerKey)) != 1 {
+				return &sessionError{protocol.CodeUnauthenticated, "this key is not the one enrolled for " + hello.Agent}
+			}
+			if a.IsRevoked() {
+				return &sessionError{protocol.CodeRevoked, "agent " + a.ID + " was revoked; ask the hub operator for a new enrolment"}
+			}
+		} else {
+			eobj, err := tx.First(ledger.TableEnrolments, ledger.IndexID, hello.Agent)
+			if err != nil {
+				return err
+			}
+			sum := sha256.Sum256([]byte(hello.EnrolSecret))
+			e, _ := eobj.(*ledger.Enrolment)
+			switch {
+			case e == nil || hello.EnrolSecret == "" ||
+				subtle.ConstantTimeCompare([]byte(e.SecretHash), []byte(hex.EncodeToString(sum[:]))) != 1:
+				return &sessionError{protocol.CodeUnauthenticated, "unknown agent: not enrolled at this hub"}
+			case !e.Used.IsZero():
+				return &sessionError{protocol.CodeUnauthenticated, "this enrolment was already used or cancelled; ask the hub operator for a new one"}
+			case now.After(e.Expires):
+				return &sessionError{protocol.CodeUnauthenticated, "this enrolment expired on " + e.Expires.Format(time.RFC3339) + "; ask the hub operator for a new one"}
+			case hello.Site != e.Site:
+				return &sessionError{protocol.CodeUnauthenticated, "enrolment is for another site"}
+			}
+			if _, err := age.ParseX25519Recipient(hello.AgentRecipient); err != nil {
+				if _, err2 := age.ParseHybridRecipient(hello.AgentRecipient); err2 != nil {
+					return &sessionError{protocol.CodeMalformed, "agent recipient is not an age recipient"}
+				}
+			}
+			used := *e
+			used.Used = now
+			if err := tx.Put(ledger.TableEnrolments, &used); err != nil {
+				return err
+			}
+			a = ledger.Agent{ID: hello.Agent, Site: e.Site, Key: peerKey, Recipient: hello.AgentRecipient, Enrolled: now}
+			h.log.Info("agent enrolled", "agent", a.ID, "site", a.Site)
+		}
+		a.LastSeen = now
+		a.OldestUnsynced = hello.OldestUnsynced
+		out = &a
+		return tx.Put(ledger.TableAgents, &a)
+	})
+	return out, err
+}
+
+func (h *Hub) partialPath(agent string, seq uint64) string {
+	return filepath.Join(h.dir, partialDir, fmt.Sprintf("%s-%d.part", agent, seq))
+}
+
+func (h *Hub) partialSize(agent string, seq uint64) int64 {
+	st, err := os.Stat(h.partialPath(agent, seq))
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+func (h *Hub) openPartial(agent string, seq uint64) (*os.File, error) {
+	return os.OpenFile(h.partialPath(agent, seq), os.O_RDWR|os.O_CREATE, 0o600)
+}
+
+// writeChunk puts a chunk at its offset and syncs it: the partial file's size
+// is the durable resume point the hub reports at the next hello.
+func writeChunk(f *os.File, c *protocol.Chunk) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if int64(c.Offset) > st.Size() {
+		return fmt.Errorf("chunk of bundle %d starts at %d but the hub holds only %d bytes", c.Seq, c.Offset, st.Size())
+	}
+	if c.Offset+uint64(len(c.Data)) > c.Total {
+		return fmt.Errorf("chunk of bundle %d runs past its stated size", c.Seq)
+	}
+	if err := f.Truncate(int64(c.Offset)); err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(c.Data, int64(c.Offset)); err != nil {
+		return err
+	}
+	if c.Final && c.Offset+uint64(len(c.Data)) != c.Total {
+		return fmt.Errorf("final chunk of bundle %d ends at %d, not at its size %d", c.Seq, c.Offset+uint64(len(c.Data)), c.Total)
+	}
+	return f.Sync()
+}
+
+// sendDown sends what the agent has not yet acknowledged: its site's pledges,
+// feedback on what it sent, and the acknowledgement point, as one bundle
+// signed by the hub and encrypted to the agent.
+func (h *Hub) sendDown(ctx context.Context, r *bufio.Reader, w io.Writer, agentID string) error {
+	data, d, err := h.downBundle(agentID, false)
+	if err != nil || data == nil {
+		return err
+	}
+	if err := protocol.WriteMessage(w, &protocol.DownBundle{Seq: d.seq, Data: data}); err != nil {
+		return err
+	}
+	msg, err := protocol.ReadMessage(r)
+	if err != nil {
+		return fmt.Errorf("read down ack: %w", err)
+	}
+	ack, ok := msg.(*protocol.DownAck)
+	if !ok || ack.Seq != d.seq {
+		return &sessionError{protocol.CodeMalformed, fmt.Sprintf("expected down ack %d, got %T", d.seq, msg)}
+	}
+	return h.led.Write(func(tx *ledger.Txn) error {
+		obj, err := tx.First(ledger.TableAgents, ledger.IndexID, agentID)
+		if err != nil || obj == nil {
+			return err
+		}
+		a := *obj.(*ledger.Agent)
+		a.PledgeHWM, a.FeedbackHWM, a.DownSeq = max(a.PledgeHWM, d.pledgeHWM), max(a.FeedbackHWM, d.feedbackHWM), d.seq
+		return tx.Put(ledger.TableAgents, &a)
+	})
+}
+
+// down is what a bundle for an agent covers.
+type down struct {
+	seq, pledgeHWM, feedbackHWM uint64
+}
+
+// downBundle seals what agentID has not acknowledged. With all set it
+// includes everything, for a bundle carried by hand. It returns nil data when
+// there is nothing to send.
+func (h *Hub) downBundle(agentID string, all bool) ([]byte, down, error) {
+	var d down
+	var items []protocol.DownItem
+	var a *ledger.Agent
+	err := h.led.Read(func(txn *memdb.Txn) error {
+		obj, err := txn.First(ledger.TableAgents, ledger.IndexID, agentID)
+		if err != nil || obj == nil {
+			return fmt.Errorf("agent %q is not enrolled (it must sync once, or be enrolled by hand)", agentID)
+		}
+		a = obj.(*ledger.Agent)
+		pledgeFrom, fbFrom := a.PledgeHWM, a.FeedbackHWM
+		if all {
+			pledgeFrom, fbFrom = 0, 0
+		}
+		d.pledgeHWM, d.feedbackHWM = a.PledgeHWM, a.FeedbackHWM
+		it, err := txn.Get(ledger.TablePledges, ledger.IndexSite, a.Site)
+		if err != nil {
+			return err
+		}
+		for obj := it.Next(); obj != nil; obj = it.Next() {
+			p := obj.(*protocol.Pledge)
+			if p.Seq > pledgeFrom {
+				items = append(items, protocol.DownItem{Pledge: p})
+				d.pledgeHWM = max(d.pledgeHWM, p.Seq)
+			}
+		}
+		fit, err := txn.LowerBound(ledger.TableFeedback, ledger.IndexID, agentID, fbFrom+1)
+		if err != nil {
+			return err
+		}
+		for obj := fit.Next(); obj != nil; obj = fit.Next() {
+			f := obj.(*ledger.Feedback)
+			if f.Agent != agentID {
+				break
+			}
+			items = append(items, protocol.DownItem{Feedback: &protocol.Feedback{Seq: f.Seq, Record: f.Record,
+				Bundle: f.Bundle, State: f.State, Reason: f.Reason, At: f.At}})
+			d.feedbackHWM = max(d.feedbackHWM, f.Seq)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, d, err
+	}
+	if a.BundleHWM > 0 {
+		items = append(items, protocol.DownItem{Acked: a.BundleHWM})
+	}
+	if len(items) == 0 || (!all && len(items) == 1 && a.BundleHWM > 0 && d.pledgeHWM == a.PledgeHWM && d.feedbackHWM == a.FeedbackHWM) {
+		return nil, d, nil // the hello already told the agent its acknowledgement point
+	}
+	recipient, err := parseRecipient(a.Recipient)
+	if err != nil {
+		return nil, d, fmt.Errorf("agent %s recipient: %w", agentID, err)
+	}
+	d.seq = a.DownSeq + 1
+	m := protocol.Manifest{Kind: protocol.KindHub, From: "hub", To: agentID, Site: a.Site, Seq: d.seq, Created: h.now().UTC().Truncate(time.Second)}
+	var buf bytes.Buffer
+	if _, err := protocol.SealBundle(&buf, m, items, h.key, recipient); err != nil {
+		return nil, d, fmt.Errorf("seal bundle for %s: %w", agentID, err)
+	}
+	return buf.Bytes(), d, nil
+}
+
+func parseRecipient(s string) (age.Recipient, error) {
+	if r, err := age.ParseHybridRecipient(s); err == nil {
+		return r, nil
+	}
+	return age.ParseX25519Recipient(s)
+}

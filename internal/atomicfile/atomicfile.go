@@ -1,0 +1,56 @@
+// Package atomicfile writes files so that a crash or power cut at any instant
+// leaves either the old content or the new, never a torn mix.
+package atomicfile
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+)
+
+// Write replaces path with data: a temporary file beside it is written,
+// synced and renamed over path, and the directory is synced.
+func Write(path string, data []byte, perm os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	err = tmp.Chmod(perm)
+	if err != nil && runtime.GOOS == "windows" {
+		err = nil // Windows has no Unix modes; the ACL of the directory applies
+	}
+	if err == nil {
+		_, err = tmp.Write(data)
+	}
+	if err == nil {
+		err = tmp.Sync()
+	}
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp.Name(), path)
+	}
+	if err == nil {
+		err = SyncDir(filepath.Dir(path))
+	}
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
+
+// SyncDir makes a rename or a new file in dir durable.
+func SyncDir(dir string) error {
+	if runtime.GOOS == "windows" {
+		return nil // NTFS journals renames; directory handles cannot be synced
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
