@@ -131,8 +131,8 @@ func (a *Agent) sync(ctx context.Context, progress Progress) (SyncResult, error)
 	var sent int64
 	for _, b := range bundles {
 		offset := int64(0)
-		if ok.Partial.Seq == b.Seq && ok.Partial.Offset <= b.Size {
-			offset = ok.Partial.Offset
+		if ok.Partial.Seq == b.Seq && ok.Partial.Offset <= uint64(b.Size) {
+			offset = int64(ok.Partial.Offset)
 			res.Resumed += offset
 		}
 		n, err := a.sendBundle(stream, b, offset, func(done int64) {

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/hashicorp/go-memdb"
 
@@ -33,8 +34,12 @@ type Discrepancy struct {
 }
 
 // recordDiscrepancies finds what is wrong with one applied record, given the
-// state it was applied to (which includes the record itself).
-func recordDiscrepancies(txn *memdb.Txn, rec *protocol.Record) ([]Discrepancy, error) {
+// state it was applied to (which includes the record itself). With withTotals
+// it also checks the record's pledge for over-delivery, as intake does to
+// tell the site at once; the aggregated status checks each pledge once
+// instead (see pledgeDiscrepancy), so that an over-delivered pledge is one
+// discrepancy, not one per record.
+func recordDiscrepancies(txn *memdb.Txn, rec *protocol.Record, withTotals bool) ([]Discrepancy, error) {
 	var out []Discrepancy
 	add := func(kind, format string, args ...any) {
 		out = append(out, Discrepancy{Kind: kind, Site: rec.Site, Pledge: rec.Pledge, Record: rec.ID, Detail: fmt.Sprintf(format, args...)})
@@ -64,9 +69,9 @@ func recordDiscrepancies(txn *memdb.Txn, rec *protocol.Record) ([]Discrepancy, e
 	}
 	switch rec.Condition {
 	case protocol.ConditionDamaged:
-		add(DiscDamaged, "%q arrived damaged", rec.Item)
+		add(DiscDamaged, "%d × %q arrived damaged", rec.Qty, rec.Item)
 	case protocol.ConditionIncomplete:
-		add(DiscIncomplete, "%q arrived incomplete", rec.Item)
+		add(DiscIncomplete, "%d × %q arrived incomplete", rec.Qty, rec.Item)
 	}
 	if rec.Type == protocol.TypeConfirmation && rec.QtyRejected > 0 {
 		kind := DiscRejected
@@ -78,7 +83,7 @@ func recordDiscrepancies(txn *memdb.Txn, rec *protocol.Record) ([]Discrepancy, e
 		}
 		add(kind, "%d rejected at confirmation: %s", rec.QtyRejected, rec.Rejection)
 	}
-	if p != nil && !p.Cancelled && p.Site == rec.Site {
+	if withTotals && p != nil && !p.Cancelled && p.Site == rec.Site {
 		total, err := ledger.PledgeTotals(txn, p.ID)
 		if err != nil {
 			return nil, err
@@ -100,10 +105,28 @@ func recordDiscrepancies(txn *memdb.Txn, rec *protocol.Record) ([]Discrepancy, e
 	return out, nil
 }
 
+// pledgeDiscrepancy finds over-delivery on a pledge from its totals, shown
+// against last, the latest record that names the pledge.
+func pledgeDiscrepancy(p *protocol.Pledge, t ledger.Totals, last *protocol.Record) (Discrepancy, bool) {
+	if p.Cancelled || last == nil {
+		return Discrepancy{}, false
+	}
+	d := Discrepancy{Kind: DiscOver, Site: last.Site, Pledge: p.ID, Record: last.ID}
+	switch {
+	case t.Received > p.Qty:
+		d.Detail = fmt.Sprintf("received %d of %d pledged", t.Received, p.Qty)
+	case t.Confirmed+t.Rejected > p.Qty:
+		d.Detail = fmt.Sprintf("confirmed %d + rejected %d of %d pledged", t.Confirmed, t.Rejected, p.Qty)
+	default:
+		return Discrepancy{}, false
+	}
+	return d, true
+}
+
 // checkRecord records the discrepancies of a newly applied record as
 // feedback for the agent that sent it.
 func checkRecord(txn *memdb.Txn, rec *protocol.Record, fb *feedbackWriter) error {
-	ds, err := recordDiscrepancies(txn, rec)
+	ds, err := recordDiscrepancies(txn, rec, true)
 	if err != nil {
 		return err
 	}
@@ -116,13 +139,35 @@ func checkRecord(txn *memdb.Txn, rec *protocol.Record, fb *feedbackWriter) error
 }
 
 // serialElsewhere returns another site that reported the serial, if any.
+// Voided records do not count, nor records whose serials were corrected
+// since: only what a site stands by now.
 func serialElsewhere(txn *memdb.Txn, serial, site string) (string, error) {
 	it, err := txn.Get(ledger.TableRecords, ledger.IndexSerial, serial)
 	if err != nil {
 		return "", err
 	}
 	for obj := it.Next(); obj != nil; obj = it.Next() {
-		if r := obj.(*protocol.Record); r.Site != site {
+		r := obj.(*protocol.Record)
+		if r.Site == site {
+			continue
+		}
+		if r.Type == protocol.TypeAmendment {
+			// The amended record is what counts.
+			tobj, err := txn.First(ledger.TableRecords, ledger.IndexID, r.Target)
+			if err != nil {
+				return "", err
+			}
+			t, ok := tobj.(*protocol.Record)
+			if !ok {
+				continue
+			}
+			r = t
+		}
+		eff, voided, err := ledger.Effective(txn, r)
+		if err != nil {
+			return "", err
+		}
+		if !voided && slices.Contains(eff.Serials, serial) {
 			return r.Site, nil
 		}
 	}

@@ -16,15 +16,6 @@ import (
 	"fieldsync/protocol"
 )
 
-// Intake outcomes.
-const (
-	StateApplied     = "applied"     // records applied now
-	StateDuplicate   = "duplicate"   // applied before; nothing changed
-	StateHeld        = "held"        // arrived ahead of a missing bundle; applied when the gap fills
-	StateQuarantined = "quarantined" // kept aside, not applied, with a reason
-	StateRefused     = "refused"     // not a bundle this hub can trust; nothing kept
-)
-
 // Result says what happened to one bundle.
 type Result struct {
 	File    string `json:"file,omitempty"`
@@ -33,7 +24,7 @@ type Result struct {
 	Seq     uint64 `json:"seq,omitempty"`
 	Records int    `json:"records"`
 	Applied int    `json:"applied"` // records new to the hub
-	State   string `json:"state"`
+	State   string `json:"state"`   // one of the protocol.Ack… states
 	Reason  string `json:"reason,omitempty"`
 }
 
@@ -56,7 +47,7 @@ func (h *Hub) IntakeFile(path string) (Result, error) {
 	}
 	defer f.Close()
 	if st, err := f.Stat(); err == nil && st.Size() > protocol.MaxBundleSize {
-		return h.refuse(res, fmt.Sprintf("file is %d bytes, over the %d-byte bundle limit", st.Size(), int64(protocol.MaxBundleSize)))
+		return h.refuse(res, protocol.ReasonTooLarge, fmt.Sprintf("file is %d bytes, over the %d-byte bundle limit", st.Size(), int64(protocol.MaxBundleSize)))
 	}
 
 	h.intakeMu.Lock()
@@ -75,12 +66,16 @@ func (h *Hub) IntakeFile(path string) (Result, error) {
 		return base64.StdEncoding.DecodeString(a.Key)
 	})
 	if err != nil {
-		return h.refuse(res, err.Error())
+		kind := "other"
+		if be, ok := errors.AsType[*protocol.BundleError](err); ok {
+			kind = be.Reason
+		}
+		return h.refuse(res, kind, err.Error())
 	}
 	m := b.Manifest
 	res.Agent, res.Site, res.Seq, res.Records = m.From, sender.Site, m.Seq, len(b.Records)
 	if m.Kind != protocol.KindRecords {
-		return h.refuse(res, fmt.Sprintf("a %q bundle is not for the hub", m.Kind))
+		return h.refuse(res, protocol.ReasonMalformed, fmt.Sprintf("a %q bundle is not for the hub", m.Kind))
 	}
 	if sender.IsRevoked() {
 		return h.quarantine(path, res, b, fmt.Sprintf("agent %s was revoked on %s", sender.ID, sender.Revoked.Format(time.RFC3339)))
@@ -97,7 +92,7 @@ func (h *Hub) IntakeFile(path string) (Result, error) {
 		if prev != nil && prev.Hash != b.Hash {
 			return h.quarantine(path, res, b, fmt.Sprintf("bundle %d from %s differs from the one already applied (replayed or forged)", m.Seq, m.From))
 		}
-		res.State, res.Reason = StateDuplicate, fmt.Sprintf("bundle %d was applied before; nothing changed", m.Seq)
+		res.State, res.Reason = protocol.AckDuplicate, fmt.Sprintf("bundle %d was applied before; nothing changed", m.Seq)
 		return res, nil
 	case m.Seq > sender.BundleHWM+1:
 		return h.hold(path, res, sender)
@@ -116,7 +111,7 @@ func (h *Hub) IntakeFile(path string) (Result, error) {
 		}
 		return res, err
 	}
-	res.State, res.Applied = StateApplied, applied
+	res.State, res.Applied = protocol.AckApplied, applied
 	h.metrics.recordsApplied.Add(float64(applied))
 	h.log.Info("bundle applied", "agent", m.From, "site", m.Site, "bundle", m.Seq, "records", len(b.Records), "new", applied)
 
@@ -151,7 +146,7 @@ func (h *Hub) apply(b *protocol.Bundle) (int, error) {
 		for i := range b.Records {
 			rec := &b.Records[i]
 			if rec.Agent != m.From || rec.Site != a.Site {
-				return &IntakeError{Result: Result{State: StateQuarantined,
+				return &IntakeError{Result: Result{State: protocol.AckQuarantined,
 					Reason: fmt.Sprintf("record %s claims agent %q site %q, not the sender's", rec.ID, rec.Agent, rec.Site)}}
 			}
 			old, err := tx.First(ledger.TableRecords, ledger.IndexSeq, rec.Agent, rec.Seq)
@@ -160,7 +155,7 @@ func (h *Hub) apply(b *protocol.Bundle) (int, error) {
 			}
 			if old != nil {
 				if old.(*protocol.Record).ID != rec.ID {
-					return &IntakeError{Result: Result{State: StateQuarantined,
+					return &IntakeError{Result: Result{State: protocol.AckQuarantined,
 						Reason: fmt.Sprintf("record %d of agent %s was already applied with another id", rec.Seq, rec.Agent)}}
 				}
 				continue
@@ -168,7 +163,7 @@ func (h *Hub) apply(b *protocol.Bundle) (int, error) {
 			if dup, err := tx.First(ledger.TableRecords, ledger.IndexID, rec.ID); err != nil {
 				return err
 			} else if dup != nil {
-				return &IntakeError{Result: Result{State: StateQuarantined,
+				return &IntakeError{Result: Result{State: protocol.AckQuarantined,
 					Reason: fmt.Sprintf("record id %s is already used by another record", rec.ID)}}
 			}
 			if err := tx.Put(ledger.TableRecords, rec); err != nil {
@@ -192,9 +187,9 @@ func (h *Hub) apply(b *protocol.Bundle) (int, error) {
 }
 
 // refuse reports a bundle that cannot be trusted at all. Nothing is stored.
-func (h *Hub) refuse(res Result, reason string) (Result, error) {
-	res.State, res.Reason = StateRefused, reason
-	h.metrics.bundlesRefused.WithLabelValues(refusalKind(reason)).Inc()
+func (h *Hub) refuse(res Result, kind, reason string) (Result, error) {
+	res.State, res.Reason = protocol.AckRefused, reason
+	h.metrics.bundlesRefused.WithLabelValues(kind).Inc()
 	h.log.Warn("bundle refused", "file", res.File, "agent", res.Agent, "reason", reason)
 	return res, &IntakeError{Result: res}
 }
@@ -202,7 +197,7 @@ func (h *Hub) refuse(res Result, reason string) (Result, error) {
 // quarantine keeps an authentic bundle that must not be applied, with its
 // reason, and tells the agent why at its next sync.
 func (h *Hub) quarantine(path string, res Result, b *protocol.Bundle, reason string) (Result, error) {
-	res.State, res.Reason = StateQuarantined, reason
+	res.State, res.Reason = protocol.AckQuarantined, reason
 	m := b.Manifest
 	now := h.now().UTC()
 	dst := filepath.Join(h.dir, quarantineDir, fmt.Sprintf("%s-%d-%d.age", m.From, m.Seq, now.UnixNano()))
@@ -238,7 +233,7 @@ func (h *Hub) hold(path string, res Result, a *ledger.Agent) (Result, error) {
 	if err := copyFile(path, dst); err != nil {
 		return res, fmt.Errorf("hold bundle: %w", err)
 	}
-	res.State = StateHeld
+	res.State = protocol.AckHeld
 	res.Reason = fmt.Sprintf("bundles %d to %d from %s are missing; this one waits for them", a.BundleHWM+1, res.Seq-1, a.ID)
 	return res, nil
 }

@@ -2,13 +2,17 @@ package hub
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 
 	"github.com/quic-go/quic-go"
 
+	"fieldsync/internal/atomicfile"
 	"fieldsync/internal/transport"
 )
 
@@ -21,10 +25,25 @@ type ServeOptions struct {
 	Ready func(quicAddr, httpAddr net.Addr)
 }
 
+// servingFile tells scripts and operators where a running hub listens.
+const servingFile = "serving.json"
+
+func (h *Hub) writeServing(quicAddr, httpAddr net.Addr) error {
+	v := map[string]any{"quic": quicAddr.String(), "pid": os.Getpid()}
+	if httpAddr != nil {
+		v["http"] = "http://" + httpAddr.String() + "/"
+	}
+	b, _ := json.Marshal(v)
+	return atomicfile.Write(filepath.Join(h.dir, servingFile), append(b, '\n'), 0o644)
+}
+
 // Serve runs the QUIC sync endpoint, the drop folder watcher and the
 // dashboard until ctx ends, then stops them all and returns.
 func (h *Hub) Serve(ctx context.Context, opts ServeOptions) error {
-	tlsConf, err := transport.ServerTLS(h.key, h.acceptKey)
+	// Every agent key passes the handshake; the first message names the
+	// agent, and an unknown, mismatched or revoked one is refused there with
+	// a reason the agent can show, before anything it sends is accepted.
+	tlsConf, err := transport.ServerTLS(h.key)
 	if err != nil {
 		return err
 	}
@@ -54,6 +73,10 @@ func (h *Hub) Serve(ctx context.Context, opts ServeOptions) error {
 		drop = h.DropDir()
 	}
 	h.log.Info("hub serving", "quic", udp.LocalAddr().String(), "http", httpAddr, "drop", drop)
+	if err := h.writeServing(udp.LocalAddr(), httpAddr); err != nil {
+		return err
+	}
+	defer os.Remove(filepath.Join(h.dir, servingFile))
 	if opts.Ready != nil {
 		opts.Ready(udp.LocalAddr(), httpAddr)
 	}

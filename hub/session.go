@@ -31,30 +31,6 @@ const (
 	SessionIdle = 2 * time.Minute
 )
 
-// acceptKey refuses revoked agents during the TLS handshake. Unknown keys
-// pass: a new agent proves itself with its enrolment secret in its first
-// message, before anything it sends is accepted.
-func (h *Hub) acceptKey(pub ed25519.PublicKey) error {
-	enc := base64.StdEncoding.EncodeToString(pub)
-	var revoked bool
-	h.led.Read(func(txn *memdb.Txn) error {
-		it, err := txn.Get(ledger.TableAgents, ledger.IndexID)
-		if err != nil {
-			return err
-		}
-		for obj := it.Next(); obj != nil; obj = it.Next() {
-			if a := obj.(*ledger.Agent); a.Key == enc && a.IsRevoked() {
-				revoked = true
-			}
-		}
-		return nil
-	})
-	if revoked {
-		return errors.New("agent revoked")
-	}
-	return nil
-}
-
 // sessionError is a refusal sent to the agent before closing.
 type sessionError struct {
 	code string
@@ -85,10 +61,11 @@ func (h *Hub) handleConn(ctx context.Context, conn *quic.Conn) {
 	}
 	h.metrics.sessions.WithLabelValues(outcome).Inc()
 	stream.Close()
-	// Give the final message time to leave before the connection closes.
+	// The agent closes the connection once it has read the last message;
+	// closing first could drop that message in flight.
 	select {
-	case <-stream.Context().Done():
-	case <-time.After(2 * time.Second):
+	case <-conn.Context().Done():
+	case <-time.After(10 * time.Second):
 	}
 }
 

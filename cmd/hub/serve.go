@@ -6,6 +6,10 @@ import (
 	"io"
 	"net"
 	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
 	"sync"
 
 	"github.com/spf13/cobra"
@@ -134,10 +138,14 @@ func importCmd(inv *invocation) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			files, err := expandBundles(inv.session, args)
+			if err != nil {
+				return err
+			}
 			failed := 0
 			agents := map[string]bool{}
-			for _, f := range args {
-				res, err := h.IntakeFile(inv.session.Abs(f))
+			for _, f := range files {
+				res, err := h.IntakeFile(f)
 				if err != nil {
 					failed++
 					fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s: %s\n", f, res.State, res.Reason)
@@ -154,7 +162,7 @@ func importCmd(inv *invocation) *cobra.Command {
 			}
 			if reply != "" {
 				for a := range agents {
-					p := inv.session.Abs(reply) + string(os.PathSeparator) + "hub-to-" + a + ".age"
+					p := inv.session.Abs(reply) + string(os.PathSeparator) + hub.ReplyPrefix + a + ".age"
 					if err := h.ExportDown(a, p); err != nil {
 						return err
 					}
@@ -162,11 +170,40 @@ func importCmd(inv *invocation) *cobra.Command {
 				}
 			}
 			if failed > 0 {
-				return fmt.Errorf("%d of %d bundle(s) not applied (reasons above)", failed, len(args))
+				return fmt.Errorf("%d of %d bundle(s) not applied (reasons above)", failed, len(files))
 			}
 			return nil
 		},
 	}
 	cmd.Flags().StringVar(&reply, "reply", "", "folder to write a bundle back for each agent (acknowledgements, pledges, feedback)")
 	return cmd
+}
+
+// expandBundles turns the arguments of `hub import` into bundle files: a
+// folder (a USB stick's) stands for the .age files in it, in name order.
+func expandBundles(s *cli.Session[*hub.Hub], args []string) ([]string, error) {
+	var files []string
+	for _, a := range args {
+		p := s.Abs(a)
+		st, err := os.Stat(p)
+		if err != nil {
+			return nil, fmt.Errorf("import: %w", err)
+		}
+		if !st.IsDir() {
+			files = append(files, p)
+			continue
+		}
+		m, err := filepath.Glob(filepath.Join(p, "*.age"))
+		if err != nil {
+			return nil, err
+		}
+		sort.Strings(m)
+		// Skip the bundles this hub wrote back for agents (--reply).
+		m = slices.DeleteFunc(m, func(f string) bool { return strings.HasPrefix(filepath.Base(f), hub.ReplyPrefix) })
+		if len(m) == 0 {
+			return nil, fmt.Errorf("import: no .age bundles in %s", a)
+		}
+		files = append(files, m...)
+	}
+	return files, nil
 }

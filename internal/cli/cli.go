@@ -111,21 +111,13 @@ func (s *Session[T]) State(ctx context.Context, stdout io.Writer) (T, error) {
 	if s.hasOpen {
 		return s.opened, nil
 	}
-	lock, err := datadir.TryLock(s.Dir)
-	if errors.Is(err, datadir.ErrBusy) {
-		code, ferr := datadir.Forward(ctx, s.Dir, datadir.Request{Args: s.Args, Dir: s.Cwd}, stdout, s.Stderr)
-		if ferr == nil {
-			return zero, &ExitError{Code: code}
-		}
-		if !errors.Is(ferr, datadir.ErrNoDaemon) {
-			return zero, fmt.Errorf("pass the command to the daemon holding %s: %w", s.Dir, ferr)
-		}
-		lock, err = datadir.WaitLock(ctx, s.Dir, func(b datadir.BusyError) {
-			fmt.Fprintf(s.Stderr, "waiting for %s: in use by pid %d (%s)\n", s.Dir, b.PID, b.Command)
-		})
-	}
+	lock, code, err := datadir.Acquire(ctx, s.Dir, datadir.Request{Args: s.Args, Dir: s.Cwd}, stdout, s.Stderr)
 	if err != nil {
-		return zero, fmt.Errorf("lock %s: %w", s.Dir, err)
+		return zero, fmt.Errorf("open %s: %w", s.Dir, err)
+	}
+	if lock == nil {
+		// The daemon ran the command and its output is already copied.
+		return zero, &ExitError{Code: code}
 	}
 	st, err := s.Open(s.Dir)
 	if err != nil {

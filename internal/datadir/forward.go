@@ -63,7 +63,13 @@ func Forward(ctx context.Context, dir string, req Request, stdout, stderr io.Wri
 	conn.SetWriteDeadline(time.Now().Add(requestTimeout))
 	if _, err := conn.Write(msg); err != nil {
 		if ctx.Err() != nil {
-			err = ctx.Err()
+			return 0, fmt.Errorf("send the command to the daemon for %s: %w", dir, ctx.Err())
+		}
+		// A daemon that refuses a command may answer before reading it
+		// all; the answer is then waiting to be read.
+		conn.SetReadDeadline(time.Now().Add(requestTimeout))
+		if code, rerr := readFrames(conn, stdout, stderr); rerr == nil {
+			return code, nil
 		}
 		return 0, fmt.Errorf("send the command to the daemon for %s: %w", dir, err)
 	}

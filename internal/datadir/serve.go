@@ -143,7 +143,7 @@ func (s *server) handle(ctx context.Context, conn *net.UnixConn) {
 		log = log.With("peer_pid", pid)
 		if uid != s.uid {
 			log.Warn("refused a command from another user", "peer_uid", uid)
-			s.refuse(resp, fmt.Sprintf("the daemon for %s takes commands only from uid %d; run the command as that user", s.dir, s.uid))
+			s.refuse(conn, resp, fmt.Sprintf("the daemon for %s takes commands only from uid %d; run the command as that user", s.dir, s.uid))
 			return
 		}
 	}
@@ -152,7 +152,7 @@ func (s *server) handle(ctx context.Context, conn *net.UnixConn) {
 	req, err := decodeRequest(conn)
 	if err != nil {
 		log.Warn("refused a command", "err", err)
-		s.refuse(resp, err.Error())
+		s.refuse(conn, resp, err.Error())
 		return
 	}
 	conn.SetReadDeadline(time.Time{})
@@ -177,11 +177,19 @@ func (s *server) handle(ctx context.Context, conn *net.UnixConn) {
 }
 
 // refuse answers a request that is not run.
-func (s *server) refuse(resp *frames, msg string) {
+func (s *server) refuse(conn *net.UnixConn, resp *frames, msg string) {
 	line := fmt.Sprintf("%s: %s\n", filepath.Base(os.Args[0]), msg)
-	if _, err := resp.write(streamStderr, []byte(line)); err == nil {
-		resp.finish(1)
+	if _, err := resp.write(streamStderr, []byte(line)); err != nil {
+		return
 	}
+	if resp.finish(1) != nil {
+		return
+	}
+	// Closing with the request still unread may reset the connection and
+	// lose the answer: let the client read it and hang up first.
+	conn.CloseWrite()
+	conn.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.Copy(io.Discard, io.LimitReader(conn, requestHeaderSize+MaxRequestSize))
 }
 
 // commandPath is the leading words of args, which name the command, for the

@@ -55,6 +55,9 @@ const (
 	writeTimeout = time.Minute
 	// dialTimeout bounds connecting to the socket.
 	dialTimeout = 5 * time.Second
+	// lingerTimeout bounds how long a daemon that refused a request waits
+	// for the client to read the answer and hang up.
+	lingerTimeout = time.Second
 	// maxConns bounds how many commands a daemon runs at once; more wait
 	// in the socket's backlog.
 	maxConns = 64
@@ -121,6 +124,9 @@ func decodeRequest(r io.Reader) (Request, error) {
 	// Grow with what arrives, not with what the header claims.
 	var buf bytes.Buffer
 	if _, err := io.CopyN(&buf, r, int64(n)); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = io.ErrUnexpectedEOF
+		}
 		return Request{}, fmt.Errorf("read request: %w", err)
 	}
 	payload := buf.Bytes()
@@ -224,7 +230,7 @@ func readFrames(r io.Reader, stdout, stderr io.Writer) (int, error) {
 	buf := make([]byte, MaxFrameSize)
 	for {
 		if _, err := io.ReadFull(r, hdr[:]); err != nil {
-			if errors.Is(err, io.EOF) {
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 				return 0, errNoExit
 			}
 			return 0, fmt.Errorf("read from daemon: %w", err)

@@ -66,6 +66,8 @@ type Ledger struct {
 	snapshots     sync.WaitGroup // background snapshots, waited for by Close
 	sinceSnapshot int            // entries since the last snapshot (under mu)
 	nextIndex     uint64         // log index the next queued entry will get (under mu)
+
+	batchHook func(entries int)
 }
 
 type pending struct {
@@ -149,12 +151,16 @@ func (t *Txn) Delete(table string, obj any) error {
 	return t.change(table, obj, true)
 }
 
-func (t *Txn) change(table string, obj any, del bool) error {
+func encodePut(table string, obj any, del bool) ([]byte, error) {
 	raw, err := json.Marshal(obj)
 	if err != nil {
-		return fmt.Errorf("encode %s object: %w", table, err)
+		return nil, fmt.Errorf("encode %s object: %w", table, err)
 	}
-	p, err := json.Marshal(put{Table: table, Delete: del, Obj: raw})
+	return json.Marshal(put{Table: table, Delete: del, Obj: raw})
+}
+
+func (t *Txn) change(table string, obj any, del bool) error {
+	p, err := encodePut(table, obj, del)
 	if err != nil {
 		return err
 	}
@@ -251,6 +257,9 @@ func (l *Ledger) flush() {
 		}
 		var err error
 		if len(data) > 0 {
+			if l.batchHook != nil {
+				l.batchHook(len(data))
+			}
 			_, err = l.log.AppendBatch(data)
 		}
 		if err != nil {

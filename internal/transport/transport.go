@@ -97,10 +97,9 @@ func rawKey(rawCerts [][]byte) (ed25519.PublicKey, error) {
 }
 
 // ServerTLS is the hub's TLS configuration. Every client must present an
-// Ed25519 key; accept, if set, refuses keys during the handshake (revoked
-// agents); keys it lets through are matched against enrolled agents at the
-// first message, where a new agent can also present its enrolment secret.
-func ServerTLS(key ed25519.PrivateKey, accept func(ed25519.PublicKey) error) (*tls.Config, error) {
+// Ed25519 key; the hub matches it against enrolled agents at the first
+// message, where a new agent can also present its enrolment secret.
+func ServerTLS(key ed25519.PrivateKey) (*tls.Config, error) {
 	cert, err := certificate(key)
 	if err != nil {
 		return nil, err
@@ -111,14 +110,8 @@ func ServerTLS(key ed25519.PrivateKey, accept func(ed25519.PublicKey) error) (*t
 		ClientAuth:   tls.RequireAnyClientCert,
 		NextProtos:   []string{protocol.ALPN},
 		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-			pub, err := rawKey(rawCerts)
-			if err != nil {
-				return err
-			}
-			if accept != nil {
-				return accept(pub)
-			}
-			return nil
+			_, err := rawKey(rawCerts)
+			return err
 		},
 	}, nil
 }

@@ -1,0 +1,300 @@
+package hub
+
+import (
+	"bytes"
+	"cmp"
+	"fmt"
+	"html/template"
+	"net/url"
+	"slices"
+	"time"
+)
+
+// The dashboard's charts are inline SVG drawn on the server: no script, no
+// image requests, and they print. The geometry is computed here in absolute
+// coordinates; the markup comes from html/template, which escapes every
+// label.
+
+// Chart geometry, in SVG user units; the SVG scales to its container.
+const (
+	chartWidth   = 720
+	chartLabelW  = 220 // the column of labels on the left
+	chartValueW  = 150 // the column of figures on the right
+	chartBarX    = chartLabelW
+	chartBarW    = chartWidth - chartLabelW - chartValueW
+	chartRowH    = 34
+	chartBarH    = 14
+	chartTop     = 28 // room for the legend
+	maxChartRows = 30 // more rows than this are left to the tables
+	// freshnessCap is the longest time the freshness chart draws to scale.
+	freshnessCap = 14 * 24 * time.Hour
+)
+
+// Colours of the charts, shared with the pages' legends.
+const (
+	colourPledged   = "#dde3ea"
+	colourReceived  = "#8dbbe8"
+	colourConfirmed = "#1f6f43"
+	colourOver      = "#7b3fa0"
+	colourFresh     = "#2e7d32" // synced within a day
+	colourStale     = "#d09000" // synced within SilentAfter
+	colourSilent    = "#c62828" // silent
+	colourNever     = "#8a8f98" // never synced
+)
+
+type svgRect struct {
+	X, Y, W, H float64
+	Fill       string
+}
+
+type svgText struct {
+	X, Y   float64
+	Size   int
+	Fill   string
+	Anchor string
+	Text   string
+}
+
+type svgRow struct {
+	Title string // tooltip for the row
+	Link  string // where the label leads, if anywhere
+	Texts []svgText
+	Rects []svgRect
+}
+
+type svgLine struct {
+	X1, Y1, X2, Y2 float64
+	Stroke         string
+}
+
+type svgChart struct {
+	Title  string
+	Width  int
+	Height float64
+	Legend []svgRow
+	Rows   []svgRow
+	Lines  []svgLine
+	Texts  []svgText
+}
+
+var chartTmpl = template.Must(template.New("chart").Funcs(template.FuncMap{
+	"f": func(v float64) string { return fmt.Sprintf("%.1f", v) },
+}).Parse(`{{define "texts"}}{{range .}}<text x="{{f .X}}" y="{{f .Y}}" font-size="{{.Size}}"{{if .Fill}} fill="{{.Fill}}"{{end}}{{if .Anchor}} text-anchor="{{.Anchor}}"{{end}}>{{.Text}}</text>{{end}}{{end -}}
+{{define "rects"}}{{range .}}<rect x="{{f .X}}" y="{{f .Y}}" width="{{f .W}}" height="{{f .H}}" fill="{{.Fill}}"/>{{end}}{{end -}}
+<svg class="chart" viewBox="0 0 {{.Width}} {{f .Height}}" role="img" aria-label="{{.Title}}" xmlns="http://www.w3.org/2000/svg" font-family="system-ui, sans-serif">
+<title>{{.Title}}</title>
+{{range .Legend}}{{template "rects" .Rects}}{{template "texts" .Texts}}{{end}}
+{{range .Rows}}<g>{{if .Title}}<title>{{.Title}}</title>{{end}}{{template "rects" .Rects}}{{if .Link}}<a href="{{.Link}}">{{template "texts" .Texts}}</a>{{else}}{{template "texts" .Texts}}{{end}}</g>
+{{end}}{{range .Lines}}<line x1="{{f .X1}}" y1="{{f .Y1}}" x2="{{f .X2}}" y2="{{f .Y2}}" stroke="{{.Stroke}}" stroke-dasharray="4 3"/>{{end}}
+{{template "texts" .Texts}}</svg>`))
+
+// render draws c as inline SVG.
+func (c svgChart) render() template.HTML {
+	var buf bytes.Buffer
+	if err := chartTmpl.Execute(&buf, c); err != nil {
+		// The template and its data are ours: a failure is a bug.
+		panic(fmt.Sprintf("chart %q: %v", c.Title, err))
+	}
+	return template.HTML(buf.String())
+}
+
+// legend lays out coloured keys left to right at the top of a chart.
+func legend(keys ...[2]string) []svgRow {
+	var out []svgRow
+	x := float64(chartBarX)
+	for _, k := range keys {
+		out = append(out, svgRow{
+			Rects: []svgRect{{X: x, Y: 6, W: 12, H: 12, Fill: k[0]}},
+			Texts: []svgText{{X: x + 16, Y: 16, Size: 12, Text: k[1]}},
+		})
+		x += 16 + 7*float64(len([]rune(k[1]))) + 18
+	}
+	return out
+}
+
+// clipText shortens s to n runes for a label; the full text is in the row's
+// tooltip.
+func clipText(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
+}
+
+// donorChart draws, for each donor and programme, what was received and
+// confirmed against what was pledged: one bar per programme, the pledge its
+// full length.
+func donorChart(donors []DonorStatus) template.HTML {
+	c := svgChart{Title: "Delivery progress by donor and programme", Width: chartWidth}
+	c.Legend = legend([2]string{colourPledged, "pledged"}, [2]string{colourReceived, "received"},
+		[2]string{colourConfirmed, "confirmed"}, [2]string{colourOver, "over pledge"})
+	shown := donors
+	if len(shown) > maxChartRows {
+		// The largest programmes; the table lists them all.
+		shown = slices.Clone(donors)
+		slices.SortStableFunc(shown, func(a, b DonorStatus) int { return cmp.Compare(b.Pledged, a.Pledged) })
+		shown = shown[:maxChartRows]
+	}
+	y := float64(chartTop)
+	for _, d := range shown {
+		prog := d.Programme
+		if prog == "" {
+			prog = "(no programme)"
+		}
+		row := svgRow{
+			Title: fmt.Sprintf("%s — %s: %d pledged, %d received, %d confirmed, %d outstanding", d.Donor, prog, d.Pledged, d.Received, d.Confirmed, d.Outstanding),
+			Link:  "/donors?donor=" + url.QueryEscape(d.Donor),
+			Texts: []svgText{
+				{X: 0, Y: y + 12, Size: 13, Text: clipText(d.Donor, 30)},
+				{X: 0, Y: y + 27, Size: 11, Fill: "#555", Text: clipText(prog, 36)},
+			},
+		}
+		barY := y + 4
+		row.Rects = append(row.Rects, svgRect{X: chartBarX, Y: barY, W: chartBarW, H: chartBarH * 1.6, Fill: colourPledged})
+		if d.Pledged > 0 {
+			scale := float64(chartBarW) / float64(d.Pledged)
+			rec := min(float64(d.Received)*scale, chartBarW)
+			conf := min(float64(d.Confirmed)*scale, chartBarW)
+			row.Rects = append(row.Rects,
+				svgRect{X: chartBarX, Y: barY, W: rec, H: chartBarH * 1.6, Fill: colourReceived},
+				svgRect{X: chartBarX, Y: barY + chartBarH*0.8, W: conf, H: chartBarH * 0.8, Fill: colourConfirmed})
+			if d.Received > d.Pledged || d.Confirmed > d.Pledged {
+				row.Rects = append(row.Rects, svgRect{X: chartBarX + chartBarW - 4, Y: barY - 2, W: 4, H: chartBarH*1.6 + 4, Fill: colourOver})
+			}
+		}
+		row.Texts = append(row.Texts,
+			svgText{X: chartBarX + chartBarW + 8, Y: y + 12, Size: 12, Text: fmt.Sprintf("%d / %d received", d.Received, d.Pledged)},
+			svgText{X: chartBarX + chartBarW + 8, Y: y + 27, Size: 11, Fill: "#555", Text: fmt.Sprintf("%d confirmed", d.Confirmed)})
+		c.Rows = append(c.Rows, row)
+		y += chartRowH
+	}
+	if len(donors) == 0 {
+		c.Texts = append(c.Texts, svgText{X: chartBarX, Y: y + 16, Size: 13, Fill: "#555", Text: "No pledges yet."})
+		y += chartRowH
+	} else if len(shown) < len(donors) {
+		c.Texts = append(c.Texts, svgText{X: 0, Y: y + 14, Size: 12, Fill: "#555",
+			Text: fmt.Sprintf("The %d largest of %d programmes; the table lists all.", len(shown), len(donors))})
+		y += chartRowH
+	}
+	c.Height = y + 4
+	return c.render()
+}
+
+// freshnessColour is the colour of a sync age; never is for a site that
+// never synced.
+func freshnessColour(age time.Duration, never bool) string {
+	switch {
+	case never:
+		return colourNever
+	case age <= 24*time.Hour:
+		return colourFresh
+	case age <= SilentAfter:
+		return colourStale
+	}
+	return colourSilent
+}
+
+// freshnessChart draws the hours since each site last synced, the stalest
+// first, coloured by age, with a line at SilentAfter.
+func freshnessChart(sites []SiteStatus, now time.Time) template.HTML {
+	c := svgChart{Title: "Sync freshness by site: time since last sync", Width: chartWidth}
+	c.Legend = legend([2]string{colourFresh, "≤ 1 day"}, [2]string{colourStale, "≤ 3 days"},
+		[2]string{colourSilent, "silent"}, [2]string{colourNever, "never synced"})
+	type entry struct {
+		s     SiteStatus
+		age   time.Duration
+		never bool
+	}
+	var es []entry
+	var maxAge time.Duration
+	for _, s := range sites {
+		e := entry{s: s, never: s.LastSync.IsZero()}
+		if !e.never {
+			e.age = max(0, now.Sub(s.LastSync))
+			maxAge = max(maxAge, e.age)
+		}
+		es = append(es, e)
+	}
+	slices.SortStableFunc(es, func(a, b entry) int {
+		if a.never != b.never {
+			if a.never {
+				return -1
+			}
+			return 1
+		}
+		return cmp.Compare(b.age, a.age)
+	})
+	hidden := 0
+	if len(es) > maxChartRows {
+		hidden = len(es) - maxChartRows
+		es = es[:maxChartRows]
+	}
+	// The scale runs to the stalest site, at least past the silent line and
+	// at most to freshnessCap; older bars run off the end.
+	scaleMax := min(max(maxAge, SilentAfter+24*time.Hour), freshnessCap)
+	scale := float64(chartBarW) / scaleMax.Hours()
+	y := float64(chartTop)
+	for _, e := range es {
+		name := e.s.Name
+		if name == "" {
+			name = e.s.ID
+		}
+		row := svgRow{
+			Link: "/sites/" + url.PathEscape(e.s.ID),
+			Texts: []svgText{
+				{X: 0, Y: y + 12, Size: 13, Text: clipText(name, 30)},
+				{X: 0, Y: y + 27, Size: 11, Fill: "#555", Text: clipText(e.s.ID+" · "+e.s.AgentState, 36)},
+			},
+		}
+		colour := freshnessColour(e.age, e.never)
+		value := "never synced"
+		w := float64(chartBarW)
+		if !e.never {
+			value = agoText(e.s.LastSync, now)
+			w = max(2, min(e.age.Hours()*scale, chartBarW))
+		}
+		row.Title = fmt.Sprintf("%s (%s): last sync %s", name, e.s.ID, value)
+		if e.never {
+			row.Rects = append(row.Rects, svgRect{X: chartBarX, Y: y + 6, W: w, H: chartBarH, Fill: colourPledged})
+		} else {
+			row.Rects = append(row.Rects, svgRect{X: chartBarX, Y: y + 6, W: w, H: chartBarH, Fill: colour})
+		}
+		row.Texts = append(row.Texts, svgText{X: chartBarX + chartBarW + 8, Y: y + 18, Size: 12, Fill: colour, Text: value})
+		c.Rows = append(c.Rows, row)
+		y += chartRowH
+	}
+	if len(es) == 0 {
+		c.Texts = append(c.Texts, svgText{X: chartBarX, Y: y + 16, Size: 13, Fill: "#555", Text: "No sites yet."})
+		y += chartRowH
+	} else {
+		x := chartBarX + SilentAfter.Hours()*scale
+		c.Lines = append(c.Lines, svgLine{X1: x, Y1: chartTop, X2: x, Y2: y, Stroke: colourSilent})
+		c.Texts = append(c.Texts, svgText{X: x, Y: y + 12, Size: 11, Fill: colourSilent, Anchor: "middle", Text: "silent after 3 days"})
+		y += 16
+		if hidden > 0 {
+			c.Texts = append(c.Texts, svgText{X: 0, Y: y + 14, Size: 12, Fill: "#555",
+				Text: fmt.Sprintf("The %d stalest of %d sites; the table lists all.", len(es), len(es)+hidden)})
+			y += chartRowH
+		}
+	}
+	c.Height = y + 4
+	return c.render()
+}
+
+// agoText says how long ago t was, in the dashboard's words.
+func agoText(t, now time.Time) string {
+	if t.IsZero() {
+		return "never"
+	}
+	d := now.Sub(t)
+	switch {
+	case d < time.Minute:
+		return "just now"
+	case d < time.Hour:
+		return fmt.Sprintf("%d min ago", int(d.Minutes()))
+	case d < 48*time.Hour:
+		return fmt.Sprintf("%d h ago", int(d.Hours()))
+	}
+	return fmt.Sprintf("%d days ago", int(d.Hours()/24))
+}
