@@ -2,12 +2,10 @@ package hub
 
 import (
 	"bytes"
-	"cmp"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -84,29 +82,16 @@ func (h *Hub) Rows() ([]ExportRow, error) {
 func (h *Hub) rows(site string) ([]ExportRow, error) {
 	rows := []ExportRow{}
 	err := h.led.Read(func(txn *memdb.Txn) error {
-		var it memdb.ResultIterator
-		var err error
-		if site == "" {
-			it, err = txn.Get(ledger.TableRecords, ledger.IndexSeq)
-		} else {
-			it, err = txn.Get(ledger.TableRecords, ledger.IndexSite, site)
-		}
-		if err != nil {
-			return err
-		}
 		sites := map[string]*ledger.Site{}
-		for obj := it.Next(); obj != nil; obj = it.Next() {
-			row, err := exportRow(txn, obj.(*protocol.Record), sites)
+		return eachRecord(txn, site, func(r *protocol.Record) error {
+			row, err := exportRow(txn, r, sites)
 			if err != nil {
 				return err
 			}
 			rows = append(rows, row)
-		}
-		return nil
+			return nil
+		})
 	})
-	if site != "" {
-		slices.SortFunc(rows, func(a, b ExportRow) int { return cmp.Or(cmp.Compare(a.Agent, b.Agent), cmp.Compare(a.Seq, b.Seq)) })
-	}
 	return rows, err
 }
 

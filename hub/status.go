@@ -249,53 +249,45 @@ func aggregate(txn *memdb.Txn, f StatusFilter, now time.Time) (*Status, error) {
 	// Records: per-record discrepancies, and the latest record that names
 	// each pledge (where a pledge-level discrepancy is shown).
 	latest := map[string]*protocol.Record{}
-	rit, err := txn.Get(ledger.TableRecords, ledger.IndexID)
-	if err != nil {
-		return nil, err
-	}
-	for obj := rit.Next(); obj != nil; obj = rit.Next() {
-		r := obj.(*protocol.Record)
-		if f.Site != "" && r.Site != f.Site {
-			continue
-		}
+	err = eachRecord(txn, f.Site, func(r *protocol.Record) error {
 		if r.Type == protocol.TypeAmendment || r.Type == protocol.TypeVoid {
 			// A correction belongs where the record it corrects does.
 			if f.Donor != "" {
 				tobj, err := txn.First(ledger.TableRecords, ledger.IndexID, r.Target)
 				if err != nil {
-					return nil, err
+					return err
 				}
 				t, _ := tobj.(*protocol.Record)
 				if t == nil {
-					continue
+					return nil
 				}
 				if ok, err := donorOK(t.Pledge); err != nil {
-					return nil, err
+					return err
 				} else if !ok {
-					continue
+					return nil
 				}
 			}
 			siteOf(r.Site).Records++
 			st.Totals.Records++
-			continue
+			return nil
 		}
 		if ok, err := donorOK(r.Pledge); err != nil {
-			return nil, err
+			return err
 		} else if !ok {
-			continue
+			return nil
 		}
 		siteOf(r.Site).Records++
 		st.Totals.Records++
 		eff, voided, err := ledger.Effective(txn, r)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if voided {
-			continue
+			return nil
 		}
 		ds, err := recordDiscrepancies(txn, &eff, false)
 		if err != nil {
-			return nil, err
+			return err
 		}
 		st.Discrepancies = append(st.Discrepancies, ds...)
 		if eff.Pledge != "" {
@@ -303,6 +295,10 @@ func aggregate(txn *memdb.Txn, f StatusFilter, now time.Time) (*Status, error) {
 				latest[eff.Pledge] = r
 			}
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 
 	donors := map[[2]string]*DonorStatus{}
@@ -456,4 +452,48 @@ func aggregate(txn *memdb.Txn, f StatusFilter, now time.Time) (*Status, error) {
 	})
 	st.Totals.Sites, st.Totals.Pledges, st.Totals.Discrepancies = len(st.Sites), len(st.Pledges), len(st.Discrepancies)
 	return st, nil
+}
+
+// eachRecord calls fn for every record, or for every record of one site
+// (through its agents: a record's site is its agent's).
+func eachRecord(txn *memdb.Txn, site string, fn func(r *protocol.Record) error) error {
+	if site == "" {
+		it, err := txn.Get(ledger.TableRecords, ledger.IndexSeq)
+		if err != nil {
+			return err
+		}
+		for obj := it.Next(); obj != nil; obj = it.Next() {
+			if err := fn(obj.(*protocol.Record)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	ait, err := txn.Get(ledger.TableAgents, ledger.IndexSite, site)
+	if err != nil {
+		return err
+	}
+	var agents []string
+	for obj := ait.Next(); obj != nil; obj = ait.Next() {
+		agents = append(agents, obj.(*ledger.Agent).ID)
+	}
+	for _, a := range agents {
+		it, err := txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, a, uint64(0))
+		if err != nil {
+			return err
+		}
+		for obj := it.Next(); obj != nil; obj = it.Next() {
+			r := obj.(*protocol.Record)
+			if r.Agent != a {
+				break
+			}
+			if r.Site != site {
+				continue
+			}
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }

@@ -15,14 +15,15 @@ import (
 // coordinates; the markup comes from html/template, which escapes every
 // label.
 
-// Chart geometry, in SVG user units; the SVG scales to its container.
+// Chart geometry, in SVG user units; the SVG scales to its container. Each
+// row is a line of text (the label on the left, the figures on the right)
+// over a bar the full width of the chart, which keeps labels readable on a
+// phone.
 const (
-	chartWidth   = 720
-	chartLabelW  = 220 // the column of labels on the left
-	chartValueW  = 150 // the column of figures on the right
-	chartBarX    = chartLabelW
-	chartBarW    = chartWidth - chartLabelW - chartValueW
-	chartRowH    = 34
+	chartWidth   = 480
+	chartBarX    = 0
+	chartBarW    = chartWidth
+	chartRowH    = 46
 	chartBarH    = 14
 	chartTop     = 28 // room for the legend
 	maxChartRows = 30 // more rows than this are left to the tables
@@ -56,10 +57,11 @@ type svgText struct {
 }
 
 type svgRow struct {
-	Title string // tooltip for the row
-	Link  string // where the label leads, if anywhere
-	Texts []svgText
-	Rects []svgRect
+	Title  string    // tooltip for the row
+	Link   string    // where the label leads, if anywhere
+	Labels []svgText // inside the link
+	Texts  []svgText
+	Rects  []svgRect
 }
 
 type svgLine struct {
@@ -84,7 +86,7 @@ var chartTmpl = template.Must(template.New("chart").Funcs(template.FuncMap{
 <svg class="chart" viewBox="0 0 {{.Width}} {{f .Height}}" role="img" aria-label="{{.Title}}" xmlns="http://www.w3.org/2000/svg" font-family="system-ui, sans-serif">
 <title>{{.Title}}</title>
 {{range .Legend}}{{template "rects" .Rects}}{{template "texts" .Texts}}{{end}}
-{{range .Rows}}<g>{{if .Title}}<title>{{.Title}}</title>{{end}}{{template "rects" .Rects}}{{if .Link}}<a href="{{.Link}}">{{template "texts" .Texts}}</a>{{else}}{{template "texts" .Texts}}{{end}}</g>
+{{range .Rows}}<g>{{if .Title}}<title>{{.Title}}</title>{{end}}{{template "rects" .Rects}}{{if .Link}}<a href="{{.Link}}">{{template "texts" .Labels}}</a>{{else}}{{template "texts" .Labels}}{{end}}{{template "texts" .Texts}}</g>
 {{end}}{{range .Lines}}<line x1="{{f .X1}}" y1="{{f .Y1}}" x2="{{f .X2}}" y2="{{f .Y2}}" stroke="{{.Stroke}}" stroke-dasharray="4 3"/>{{end}}
 {{template "texts" .Texts}}</svg>`))
 
@@ -104,10 +106,10 @@ func legend(keys ...[2]string) []svgRow {
 	x := float64(chartBarX)
 	for _, k := range keys {
 		out = append(out, svgRow{
-			Rects: []svgRect{{X: x, Y: 6, W: 12, H: 12, Fill: k[0]}},
-			Texts: []svgText{{X: x + 16, Y: 16, Size: 12, Text: k[1]}},
+			Rects: []svgRect{{X: x, Y: 4, W: 12, H: 12, Fill: k[0]}},
+			Texts: []svgText{{X: x + 16, Y: 14, Size: 12, Text: k[1]}},
 		})
-		x += 16 + 7*float64(len([]rune(k[1]))) + 18
+		x += 16 + 6.5*float64(len([]rune(k[1]))) + 14
 	}
 	return out
 }
@@ -124,7 +126,7 @@ func clipText(s string, n int) string {
 
 // donorChart draws, for each donor and programme, what was received and
 // confirmed against what was pledged: one bar per programme, the pledge its
-// full length.
+// full length, confirmed in the lower half of what was received.
 func donorChart(donors []DonorStatus) template.HTML {
 	c := svgChart{Title: "Delivery progress by donor and programme", Width: chartWidth}
 	c.Legend = legend([2]string{colourPledged, "pledged"}, [2]string{colourReceived, "received"},
@@ -138,46 +140,42 @@ func donorChart(donors []DonorStatus) template.HTML {
 	}
 	y := float64(chartTop)
 	for _, d := range shown {
-		prog := d.Programme
-		if prog == "" {
-			prog = "(no programme)"
+		label := d.Donor
+		if d.Programme != "" {
+			label += " · " + d.Programme
 		}
 		row := svgRow{
-			Title: fmt.Sprintf("%s — %s: %d pledged, %d received, %d confirmed, %d outstanding", d.Donor, prog, d.Pledged, d.Received, d.Confirmed, d.Outstanding),
-			Link:  "/donors?donor=" + url.QueryEscape(d.Donor),
-			Texts: []svgText{
-				{X: 0, Y: y + 12, Size: 13, Text: clipText(d.Donor, 30)},
-				{X: 0, Y: y + 27, Size: 11, Fill: "#555", Text: clipText(prog, 36)},
-			},
+			Title:  fmt.Sprintf("%s: %d pledged, %d received, %d confirmed, %d outstanding", label, d.Pledged, d.Received, d.Confirmed, d.Outstanding),
+			Link:   "/donors?donor=" + url.QueryEscape(d.Donor),
+			Labels: []svgText{{X: 0, Y: y + 14, Size: 14, Text: clipText(label, 34)}},
+			Texts: []svgText{{X: chartWidth, Y: y + 14, Size: 13, Fill: "#333", Anchor: "end",
+				Text: fmt.Sprintf("%d/%d received · %d confirmed", d.Received, d.Pledged, d.Confirmed)}},
 		}
-		barY := y + 4
-		row.Rects = append(row.Rects, svgRect{X: chartBarX, Y: barY, W: chartBarW, H: chartBarH * 1.6, Fill: colourPledged})
+		barY := y + 21
+		row.Rects = append(row.Rects, svgRect{X: chartBarX, Y: barY, W: chartBarW, H: chartBarH, Fill: colourPledged})
 		if d.Pledged > 0 {
 			scale := float64(chartBarW) / float64(d.Pledged)
 			rec := min(float64(d.Received)*scale, chartBarW)
 			conf := min(float64(d.Confirmed)*scale, chartBarW)
 			row.Rects = append(row.Rects,
-				svgRect{X: chartBarX, Y: barY, W: rec, H: chartBarH * 1.6, Fill: colourReceived},
-				svgRect{X: chartBarX, Y: barY + chartBarH*0.8, W: conf, H: chartBarH * 0.8, Fill: colourConfirmed})
+				svgRect{X: chartBarX, Y: barY, W: rec, H: chartBarH, Fill: colourReceived},
+				svgRect{X: chartBarX, Y: barY + chartBarH/2, W: conf, H: chartBarH / 2, Fill: colourConfirmed})
 			if d.Received > d.Pledged || d.Confirmed > d.Pledged {
-				row.Rects = append(row.Rects, svgRect{X: chartBarX + chartBarW - 4, Y: barY - 2, W: 4, H: chartBarH*1.6 + 4, Fill: colourOver})
+				row.Rects = append(row.Rects, svgRect{X: chartBarX + chartBarW - 5, Y: barY - 2, W: 5, H: chartBarH + 4, Fill: colourOver})
 			}
 		}
-		row.Texts = append(row.Texts,
-			svgText{X: chartBarX + chartBarW + 8, Y: y + 12, Size: 12, Text: fmt.Sprintf("%d / %d received", d.Received, d.Pledged)},
-			svgText{X: chartBarX + chartBarW + 8, Y: y + 27, Size: 11, Fill: "#555", Text: fmt.Sprintf("%d confirmed", d.Confirmed)})
 		c.Rows = append(c.Rows, row)
 		y += chartRowH
 	}
 	if len(donors) == 0 {
-		c.Texts = append(c.Texts, svgText{X: chartBarX, Y: y + 16, Size: 13, Fill: "#555", Text: "No pledges yet."})
-		y += chartRowH
+		c.Texts = append(c.Texts, svgText{X: 0, Y: y + 16, Size: 13, Fill: "#555", Text: "No pledges yet."})
+		y += chartRowH / 2
 	} else if len(shown) < len(donors) {
-		c.Texts = append(c.Texts, svgText{X: 0, Y: y + 14, Size: 12, Fill: "#555",
+		c.Texts = append(c.Texts, svgText{X: 0, Y: y + 12, Size: 12, Fill: "#555",
 			Text: fmt.Sprintf("The %d largest of %d programmes; the table lists all.", len(shown), len(donors))})
-		y += chartRowH
+		y += chartRowH / 2
 	}
-	c.Height = y + 4
+	c.Height = y
 	return c.render()
 }
 
@@ -199,7 +197,7 @@ func freshnessColour(age time.Duration, never bool) string {
 // first, coloured by age, with a line at SilentAfter.
 func freshnessChart(sites []SiteStatus, now time.Time) template.HTML {
 	c := svgChart{Title: "Sync freshness by site: time since last sync", Width: chartWidth}
-	c.Legend = legend([2]string{colourFresh, "≤ 1 day"}, [2]string{colourStale, "≤ 3 days"},
+	c.Legend = legend([2]string{colourFresh, "≤ 1 day"}, [2]string{colourStale, fmt.Sprintf("≤ %d days", int(SilentAfter.Hours()/24))},
 		[2]string{colourSilent, "silent"}, [2]string{colourNever, "never synced"})
 	type entry struct {
 		s     SiteStatus
@@ -236,49 +234,42 @@ func freshnessChart(sites []SiteStatus, now time.Time) template.HTML {
 	scale := float64(chartBarW) / scaleMax.Hours()
 	y := float64(chartTop)
 	for _, e := range es {
-		name := e.s.Name
-		if name == "" {
-			name = e.s.ID
-		}
-		row := svgRow{
-			Link: "/sites/" + url.PathEscape(e.s.ID),
-			Texts: []svgText{
-				{X: 0, Y: y + 12, Size: 13, Text: clipText(name, 30)},
-				{X: 0, Y: y + 27, Size: 11, Fill: "#555", Text: clipText(e.s.ID+" · "+e.s.AgentState, 36)},
-			},
+		label := e.s.ID
+		if e.s.Name != "" {
+			label = e.s.Name + " · " + e.s.ID
 		}
 		colour := freshnessColour(e.age, e.never)
 		value := "never synced"
-		w := float64(chartBarW)
+		w, fill := float64(chartBarW), colourPledged
 		if !e.never {
 			value = agoText(e.s.LastSync, now)
-			w = max(2, min(e.age.Hours()*scale, chartBarW))
+			w, fill = max(3, min(e.age.Hours()*scale, chartBarW)), colour
 		}
-		row.Title = fmt.Sprintf("%s (%s): last sync %s", name, e.s.ID, value)
-		if e.never {
-			row.Rects = append(row.Rects, svgRect{X: chartBarX, Y: y + 6, W: w, H: chartBarH, Fill: colourPledged})
-		} else {
-			row.Rects = append(row.Rects, svgRect{X: chartBarX, Y: y + 6, W: w, H: chartBarH, Fill: colour})
-		}
-		row.Texts = append(row.Texts, svgText{X: chartBarX + chartBarW + 8, Y: y + 18, Size: 12, Fill: colour, Text: value})
-		c.Rows = append(c.Rows, row)
+		c.Rows = append(c.Rows, svgRow{
+			Title:  fmt.Sprintf("%s: last sync %s; agent %s", label, value, e.s.AgentState),
+			Link:   "/sites/" + url.PathEscape(e.s.ID),
+			Labels: []svgText{{X: 0, Y: y + 14, Size: 14, Text: clipText(label, 40)}},
+			Texts:  []svgText{{X: chartWidth, Y: y + 14, Size: 13, Fill: colour, Anchor: "end", Text: value}},
+			Rects:  []svgRect{{X: chartBarX, Y: y + 21, W: w, H: chartBarH, Fill: fill}},
+		})
 		y += chartRowH
 	}
 	if len(es) == 0 {
-		c.Texts = append(c.Texts, svgText{X: chartBarX, Y: y + 16, Size: 13, Fill: "#555", Text: "No sites yet."})
-		y += chartRowH
+		c.Texts = append(c.Texts, svgText{X: 0, Y: y + 16, Size: 13, Fill: "#555", Text: "No sites yet."})
+		y += chartRowH / 2
 	} else {
 		x := chartBarX + SilentAfter.Hours()*scale
 		c.Lines = append(c.Lines, svgLine{X1: x, Y1: chartTop, X2: x, Y2: y, Stroke: colourSilent})
-		c.Texts = append(c.Texts, svgText{X: x, Y: y + 12, Size: 11, Fill: colourSilent, Anchor: "middle", Text: "silent after 3 days"})
-		y += 16
+		c.Texts = append(c.Texts, svgText{X: x, Y: y + 12, Size: 12, Fill: colourSilent, Anchor: "middle",
+			Text: fmt.Sprintf("silent after %d days", int(SilentAfter.Hours()/24))})
+		y += 18
 		if hidden > 0 {
-			c.Texts = append(c.Texts, svgText{X: 0, Y: y + 14, Size: 12, Fill: "#555",
+			c.Texts = append(c.Texts, svgText{X: 0, Y: y + 12, Size: 12, Fill: "#555",
 				Text: fmt.Sprintf("The %d stalest of %d sites; the table lists all.", len(es), len(es)+hidden)})
-			y += chartRowH
+			y += chartRowH / 2
 		}
 	}
-	c.Height = y + 4
+	c.Height = y
 	return c.render()
 }
 

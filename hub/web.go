@@ -79,8 +79,15 @@ var pageTemplates = func() map[string]*template.Template {
 }()
 
 var templateFuncs = template.FuncMap{
-	"ago":  agoText,
-	"ts":   func(t time.Time) string { return tsText(t) },
+	"ago": agoText,
+	"ts":  func(t time.Time) string { return tsText(t) },
+	"when": func(rfc3339 string) string {
+		t, err := time.Parse(time.RFC3339, rfc3339)
+		if err != nil {
+			return rfc3339
+		}
+		return tsText(t)
+	},
 	"dash": dashText,
 	"siteURL": func(id string) string {
 		return "/sites/" + url.PathEscape(id)
@@ -161,11 +168,11 @@ func (h *Hub) Handler() http.Handler {
 	mux.HandleFunc("POST /logout", w.logout)
 	mux.HandleFunc("GET /api/v1/status", w.api(w.apiStatus))
 	mux.HandleFunc("GET /api/v1/export", w.api(w.apiExport))
-	mux.HandleFunc("/api/", w.api(func(rw http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /api/", w.api(func(rw http.ResponseWriter, r *http.Request) {
 		jsonError(rw, http.StatusNotFound, "no such API endpoint: see docs/api.md")
 	}))
 	mux.Handle("GET /metrics", w.bearerOnly(promhttp.HandlerFor(h.metrics.reg, promhttp.HandlerOpts{})))
-	mux.HandleFunc("/", func(rw http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("GET /", func(rw http.ResponseWriter, r *http.Request) {
 		w.render(rw, r, http.StatusNotFound, "error", pageData{Title: "Not found", Message: "There is no such page."})
 	})
 
@@ -500,7 +507,9 @@ func (w *web) page(fn pageFunc) http.HandlerFunc {
 	return func(rw http.ResponseWriter, r *http.Request) {
 		s := w.sessionOf(r)
 		if s == nil {
-			http.Redirect(rw, r, "/login?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
+			// No body: it would only repeat the location.
+			rw.Header().Set("Location", "/login?next="+url.QueryEscape(r.URL.RequestURI()))
+			rw.WriteHeader(http.StatusSeeOther)
 			return
 		}
 		name, data, err := fn(r, s)

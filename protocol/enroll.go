@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -142,10 +143,13 @@ func ParseEnrolment(r io.Reader) (*Enrolment, error) {
 		return nil, fmt.Errorf("file is larger than an enrolment file (%d bytes); is it the right file?", MaxEnrolmentSize)
 	}
 	data = bytes.TrimPrefix(data, []byte("\uFEFF"))
+	if len(bytes.TrimSpace(data)) == 0 {
+		return nil, errors.New("enrolment file is empty")
+	}
 	var probe struct {
 		Format string `json:"format"`
 	}
-	if err := json.Unmarshal(data, &probe); err != nil {
+	if err := json.NewDecoder(bytes.NewReader(data)).Decode(&probe); err != nil {
 		return nil, fmt.Errorf("not an enrolment file: %s", jsonErr(data, err))
 	}
 	if probe.Format != EnrolmentFormat {
@@ -169,17 +173,41 @@ func ParseEnrolment(r io.Reader) (*Enrolment, error) {
 	return &e, nil
 }
 
-// jsonErr words a JSON decoding error with its line.
+// jsonErr words a JSON decoding error of data with its line.
 func jsonErr(data []byte, err error) string {
 	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("line %d: %s", 1+bytes.Count(data[:min(se.Offset, int64(len(data)))], []byte("\n")), describeJSON(err))
+	}
+	return describeJSON(err)
+}
+
+// describeJSON words a JSON decoding error without Go type names.
+func describeJSON(err error) string {
 	var te *json.UnmarshalTypeError
 	switch {
-	case errors.As(err, &se):
-		return fmt.Sprintf("line %d: %v", 1+bytes.Count(data[:min(se.Offset, int64(len(data)))], []byte("\n")), err)
+	case errors.As(err, &te) && te.Field == "":
+		return fmt.Sprintf("not a JSON object (found %s)", te.Value)
 	case errors.As(err, &te):
-		return fmt.Sprintf("%s: wrong type (%s, want %s)", te.Field, te.Value, te.Type)
+		return fmt.Sprintf("%s: wrong type (%s, want %s)", te.Field, te.Value, jsonKind(te.Type.Kind()))
 	case err == io.EOF:
-		return "file is empty"
+		return "empty"
+	case err == io.ErrUnexpectedEOF:
+		return "JSON ends early"
 	}
-	return err.Error()
+	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+func jsonKind(k reflect.Kind) string {
+	switch k {
+	case reflect.String:
+		return "string"
+	case reflect.Bool:
+		return "true or false"
+	case reflect.Slice, reflect.Array:
+		return "list"
+	case reflect.Struct, reflect.Map, reflect.Pointer:
+		return "object"
+	}
+	return "number"
 }

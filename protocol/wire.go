@@ -69,6 +69,7 @@ var msgNames = map[MessageType]string{
 	MsgDownBundle: "down-bundle", MsgDownAck: "down-ack", MsgError: "error", MsgBye: "bye",
 }
 
+// String returns the message type's name as docs/protocol.md writes it.
 func (t MessageType) String() string {
 	if s, ok := msgNames[t]; ok {
 		return s
@@ -134,8 +135,9 @@ type Hello struct {
 	// AgentRecipient is the agent's age recipient, for hub bundles;
 	// required with EnrolSecret.
 	AgentRecipient string `json:"agent_age_recipient,omitempty"`
-	// AgentKey is the agent's Ed25519 public key (EncodePublicKey); the hub
-	// takes the key from the TLS handshake and checks that they agree.
+	// AgentKey is the agent's Ed25519 public key (EncodePublicKey). The
+	// hub takes the key from the TLS handshake; if AgentKey is set, it
+	// must be the same key.
 	AgentKey string `json:"agent_key,omitempty"`
 }
 
@@ -143,7 +145,8 @@ type Hello struct {
 type HelloOK struct {
 	Version int `json:"version"`
 	// HubHWM is the highest bundle seq from this agent the hub has
-	// durably handled; the agent sends the bundles after it.
+	// durably applied, with every bundle before it; the agent sends the
+	// bundles after it.
 	HubHWM uint64 `json:"hub_hwm_for_agent"`
 	// Partial is the bundle the hub holds in part, if any: the agent
 	// resumes it at Offset.
@@ -228,6 +231,7 @@ func (*Error) Type() MessageType { return MsgError }
 // Type implements Message.
 func (*Bye) Type() MessageType { return MsgBye }
 
+// Error lets a received Error message be returned as an error.
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
 
 // MessageError is the error for a frame that breaks the protocol. Code is
@@ -478,7 +482,7 @@ func decodePayload(t MessageType, p []byte) (Message, error) {
 			Version int `json:"version"`
 		}
 		if err := json.Unmarshal(p, &probe); err != nil {
-			return nil, msgErr(t, CodeMalformed, "%v", err)
+			return nil, msgErr(t, CodeMalformed, "%s", describeJSON(err))
 		}
 		if probe.Version != Version && probe.Version > 0 {
 			if t == MsgHello {

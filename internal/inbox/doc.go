@@ -16,9 +16,9 @@
 //	   "attendees": 12, "provider": "CERT-UA"}
 //	]
 //
-// A CSV file (UTF-8, comma-separated; a header with semicolons and no commas,
-// as Excel writes it in Ukrainian and other European locales, makes
-// semicolons the separator) has a header row naming the fields and one record
+// A CSV file (UTF-8, comma-separated; a header row with semicolons and no
+// commas, as Excel writes it in Ukrainian and other European locales, makes
+// semicolons the separator, and likewise tabs) has a header row naming the fields and one record
 // per row. An empty cell is a field left out; rows that are entirely empty are
 // skipped. A list (serial, attach) is written in one cell, its items separated
 // by ";" or "|":
@@ -26,16 +26,21 @@
 //	type,item,qty,serial,condition,received_by
 //	delivery,Switch 24-port,3,SW-1|SW-2|SW-3,ok,O. Kovalenko
 //
-// The fields are the names of the agent's record flags with "-" written "_":
+// The fields are the names of the agent's record flags with "-" written "_".
+// Every record has a type and may have a pledge and a note; the other fields
+// depend on the type:
 //
-//	type         delivery, training or confirmation (always required)
-//	pledge       the pledge fulfilled or confirmed (required for confirmation)
-//	note         free text
-//	attach       names of files in the inbox attached to the record
-//	item, qty, serial, condition, received_by            a delivery
-//	course, date (YYYY-MM-DD), attendees, provider, trainer   a training
-//	qty, qty_rejected, rejection, serial, condition,
-//	received_by, role, waybill                           a confirmation
+//	type          delivery, training or confirmation
+//	pledge        the pledge fulfilled or confirmed (required for confirmation)
+//	note          free text
+//	delivery      item, qty (required), serial, condition, received_by, attach
+//	training      course, date (YYYY-MM-DD), attendees (required), provider, trainer
+//	confirmation  qty, qty_rejected, rejection, serial, condition,
+//	              received_by, role, waybill, attach
+//
+// qty, qty_rejected and attendees are whole numbers (in JSON, numbers without
+// quotes); serial and attach are lists (in JSON, a list of strings or one
+// string); attach names files in the inbox, as they are named there.
 //
 // Field names are matched without regard to case, and "-" or a space in them
 // is read as "_". A field that does not apply to the record's type, an

@@ -81,7 +81,7 @@ func isRecordFile(name string) bool {
 
 // Parse reads the records of the record file name (a .json or .csv file)
 // from r. It returns all of the file's records, or a *ParseError for the
-// first thing wrong in it; an error reading r is returned as it is.
+// first thing wrong in it; an error reading r is returned wrapped.
 func Parse(name string, r io.Reader) ([]Entry, error) {
 	data, err := io.ReadAll(io.LimitReader(r, MaxFileSize+1))
 	if err != nil {
@@ -220,13 +220,13 @@ var likelyMeant = map[string]string{
 // meant.
 func unknownField(name string) string {
 	if f, ok := likelyMeant[normalizeName(name)]; ok {
-		return fmt.Sprintf("unknown field %q; did you mean %s?", name, f)
+		return fmt.Sprintf("unknown field %s; did you mean %s?", quote(name), f)
 	}
 	names := make([]string, len(fields))
 	for i, f := range fields {
 		names[i] = f.name
 	}
-	return fmt.Sprintf("unknown field %q; the fields are %s", name, strings.Join(names, ", "))
+	return fmt.Sprintf("unknown field %s; the fields are %s", quote(name), strings.Join(names, ", "))
 }
 
 // build makes the entry of one record from its fields' values and checks it.
@@ -240,7 +240,7 @@ func build(vals map[string]value) (Entry, error) {
 	switch typ {
 	case delivery, training, confirmation:
 	default:
-		return Entry{}, &protocol.FieldError{Field: "type", Msg: fmt.Sprintf("%q is not delivery, training or confirmation", t.text)}
+		return Entry{}, &protocol.FieldError{Field: "type", Msg: fmt.Sprintf("%s is not delivery, training or confirmation", quote(t.text))}
 	}
 	e := Entry{Record: protocol.Record{Type: typ}}
 	for _, f := range fields {
@@ -250,6 +250,9 @@ func build(vals map[string]value) (Entry, error) {
 		}
 		if f.types != nil && !containsType(f.types, typ) {
 			return Entry{}, &protocol.FieldError{Field: f.name, Msg: fmt.Sprintf("does not apply to a %s", typ)}
+		}
+		if err := checkLen(&f, v); err != nil {
+			return Entry{}, err
 		}
 		f.set(&e, v)
 	}
@@ -267,6 +270,47 @@ func build(vals map[string]value) (Entry, error) {
 		return Entry{}, &protocol.FieldError{Field: "", Msg: err.Error()}
 	}
 	return e, nil
+}
+
+// Length limits of fields that protocol.Record.Validate quotes in its
+// messages, so that they are checked first and a message stays short.
+const maxShortLen = 64 // type, condition, rejection, date
+
+// checkLen checks the length of a field's value, or of each item of a list.
+func checkLen(f *field, v value) error {
+	limit := protocol.MaxTextLen
+	switch f.name {
+	case "note":
+		limit = protocol.MaxNoteLen
+	case "pledge":
+		limit = protocol.MaxIDLen
+	case "type", "condition", "rejection", "date":
+		limit = maxShortLen
+	case "serial":
+		limit = protocol.MaxSerialLen
+	}
+	if len(v.text) > limit {
+		return &protocol.FieldError{Field: f.name, Msg: fmt.Sprintf("is longer than %d bytes", limit)}
+	}
+	for i, s := range v.list {
+		if len(s) > limit {
+			return &protocol.FieldError{Field: f.name, Msg: fmt.Sprintf("item %d is longer than %d bytes", i+1, limit)}
+		}
+	}
+	return nil
+}
+
+// quote quotes a value from a file for a message, shortened if it is long.
+func quote(s string) string {
+	const max = 40
+	if len(s) <= max {
+		return strconv.Quote(s)
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return strconv.Quote(s[:cut]) + "..."
 }
 
 func containsType(types []protocol.RecordType, t protocol.RecordType) bool {
@@ -287,13 +331,11 @@ func checkAttach(names []string) error {
 	seen := make(map[string]bool, len(names))
 	for _, n := range names {
 		bad := func(why string) error {
-			return &protocol.FieldError{Field: "attach", Msg: fmt.Sprintf("%q %s", n, why)}
+			return &protocol.FieldError{Field: "attach", Msg: fmt.Sprintf("%s %s", quote(n), why)}
 		}
 		switch {
 		case n == "" || n == "." || n == "..":
 			return bad("is not a file name")
-		case len(n) > protocol.MaxTextLen:
-			return bad(fmt.Sprintf("is longer than %d bytes", protocol.MaxTextLen))
 		case strings.ContainsAny(n, `/\:`):
 			return bad("is not a file name in the inbox (no folders)")
 		case strings.ContainsFunc(n, func(r rune) bool { return r < 0x20 || r == 0x7f }):
@@ -319,10 +361,10 @@ func parseWhole(s string) (int64, string) {
 	}
 	n, err := strconv.ParseInt(t, 10, 64)
 	if errors.Is(err, strconv.ErrRange) {
-		return 0, fmt.Sprintf("%q is too large", s)
+		return 0, fmt.Sprintf("%s is too large", quote(s))
 	}
 	if err != nil {
-		return 0, fmt.Sprintf("%q is not a whole number", s)
+		return 0, fmt.Sprintf("%s is not a whole number", quote(s))
 	}
 	return n, ""
 }
@@ -341,10 +383,25 @@ type jsonParser struct {
 	data  []byte
 	dec   *json.Decoder
 	index int // 1-based record number in an array, 0 for a single object
+
+	// The line at byte offset lineOff, so that lines are counted once even
+	// for a file of many records (offsets only grow).
+	lineOff, line int
+}
+
+// lineAt returns the 1-based line of the byte at offset off.
+func (p *jsonParser) lineAt(off int64) int {
+	o := min(max(int(off), 0), len(p.data))
+	if o < p.lineOff {
+		return lineAt(p.data, o)
+	}
+	p.line += bytes.Count(p.data[p.lineOff:o], []byte("\n"))
+	p.lineOff = o
+	return p.line
 }
 
 func parseJSON(name string, data []byte) ([]Entry, error) {
-	p := &jsonParser{name: name, data: data, dec: json.NewDecoder(bytes.NewReader(data))}
+	p := &jsonParser{name: name, data: data, dec: json.NewDecoder(bytes.NewReader(data)), line: 1}
 	p.dec.UseNumber()
 	tok, err := p.dec.Token()
 	if err != nil {
@@ -398,7 +455,7 @@ func parseJSON(name string, data []byte) ([]Entry, error) {
 
 // errAt returns a *ParseError at byte offset off.
 func (p *jsonParser) errAt(off int64, field, msg string) error {
-	return &ParseError{File: p.name, Line: lineAt(p.data, int(off)), Index: p.index, Field: field, Msg: msg}
+	return &ParseError{File: p.name, Line: p.lineAt(off), Index: p.index, Field: field, Msg: msg}
 }
 
 // syntax turns an error of the JSON decoder into a *ParseError.
@@ -455,7 +512,7 @@ func (p *jsonParser) object() (Entry, error) {
 		}
 		return Entry{}, p.errAt(off, fe.Field, fe.Msg)
 	}
-	e.Line = lineAt(p.data, int(start))
+	e.Line = p.lineAt(start)
 	return e, nil
 }
 
@@ -473,7 +530,7 @@ func (p *jsonParser) value(f *field, off int64) (v value, present bool, err erro
 		var got string
 		switch t := tok.(type) {
 		case string:
-			got = fmt.Sprintf("text %q", t)
+			got = "text " + quote(t)
 		case json.Number:
 			got = "the number " + t.String()
 		case bool:

@@ -245,6 +245,16 @@ func TestParseLimits(t *testing.T) {
 			fmt.Sprintf("s.json line 1: serial: at most %d serial numbers per record", protocol.MaxSerials)},
 		{"too many attachments", "a.csv", "type,item,qty,attach\ndelivery,X,1," + strings.Repeat("a.pdf;", protocol.MaxAttachments+1) + "\n",
 			fmt.Sprintf("a.csv line 2: attach: at most %d attachments per record", protocol.MaxAttachments)},
+		{"long unknown field", "u.csv", strings.Repeat("x", 100) + "\n",
+			`u.csv line 1: unknown field "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"...; the fields are type, pledge, item, qty, qty_rejected, rejection, serial, condition, received_by, role, waybill, course, date, attendees, provider, trainer, note, attach`},
+		{"long date", "t.csv", "type,course,date,attendees\ntraining,C," + strings.Repeat("2", maxShortLen+1) + ",1\n",
+			fmt.Sprintf("t.csv line 2: date: is longer than %d bytes", maxShortLen)},
+		{"long serial", "s.json", `{"type": "delivery", "item": "X", "qty": 1, "serial": ["A", "` + strings.Repeat("S", protocol.MaxSerialLen+1) + `"]}`,
+			fmt.Sprintf("s.json line 1: serial: item 2 is longer than %d bytes", protocol.MaxSerialLen)},
+		{"long pledge", "p.csv", "type,item,qty,pledge\ndelivery,X,1," + strings.Repeat("P", protocol.MaxIDLen+1) + "\n",
+			fmt.Sprintf("p.csv line 2: pledge: is longer than %d bytes", protocol.MaxIDLen)},
+		{"long qty", "q.csv", "type,item,qty\ndelivery,X," + strings.Repeat("9", 100) + "\n",
+			`q.csv line 2: qty: "9999999999999999999999999999999999999999"... is too large`},
 		{"item too long", "l.json", `{"type": "delivery", "qty": 1, "item": "` + strings.Repeat("x", protocol.MaxTextLen+1) + `"}`,
 			fmt.Sprintf("l.json line 1: item: is longer than %d bytes", protocol.MaxTextLen)},
 	}
@@ -290,8 +300,8 @@ func FuzzParse(f *testing.F) {
 				if !errors.As(err, &pe) {
 					t.Fatalf("Parse(%s) error %v is %T, want *ParseError", name, err, err)
 				}
-				if strings.ContainsAny(err.Error(), "\r\n") {
-					t.Fatalf("Parse(%s) error is more than one line: %q", name, err)
+				if msg := err.Error(); strings.ContainsAny(msg, "\r\n") || len(msg) > 2048 {
+					t.Fatalf("Parse(%s) error is not one short line: %q", name, err)
 				}
 				continue
 			}

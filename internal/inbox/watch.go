@@ -57,7 +57,9 @@ type Ingester interface {
 	// file, all or none, and returns the ids of the stored records.
 	// attachments maps each name in the entries' Attach to the absolute path
 	// of that file in the inbox; the files stay there until Ingest returns.
-	// An error rejects the record file, with the error as the reason.
+	// An error rejects the record file, with the error as the reason;
+	// but an error once ctx has ended leaves the file in the inbox, to be
+	// offered again at the next start.
 	Ingest(ctx context.Context, file string, entries []Entry, attachments map[string]string) ([]string, error)
 }
 
@@ -70,6 +72,7 @@ type Watcher struct {
 	log    *slog.Logger
 
 	// Owned by Serve's goroutine.
+	perm  fs.FileMode // of the inbox folder
 	files map[string]*file
 }
 
@@ -136,8 +139,18 @@ func (w *Watcher) Serve(ctx context.Context) error {
 		return fmt.Errorf("inbox %s: %w", w.dir, err)
 	}
 	w.dir = dir
-	for _, d := range []string{dir, w.path(DoneDir), w.path(RejectedDir)} {
-		if err := os.MkdirAll(d, 0o700); err != nil {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return fmt.Errorf("inbox: %w", err)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return fmt.Errorf("inbox: %w", err)
+	}
+	// Whoever may drop files into the inbox may read done and rejected,
+	// and the reasons.
+	w.perm = fi.Mode().Perm()
+	for _, d := range []string{w.path(DoneDir), w.path(RejectedDir)} {
+		if err := os.MkdirAll(d, w.perm); err != nil {
 			return fmt.Errorf("inbox: %w", err)
 		}
 	}
@@ -181,11 +194,9 @@ func (w *Watcher) Serve(ctx context.Context) error {
 			if !ok {
 				return fmt.Errorf("inbox %s: watch ended", dir)
 			}
-			if !errors.Is(err, fsnotify.ErrEventOverflow) {
-				return fmt.Errorf("inbox %s: watch: %w", dir, err)
-			}
-			// Events were lost: look at the folder itself.
-			w.log.Warn("inbox events overflowed; rescanning", "file", dir)
+			// Events may have been lost (a queue overflow, say): look at
+			// the folder itself.
+			w.log.Warn("inbox watch failed; rescanning", "file", dir, "reason", err)
 			if err := w.scan(time.Now()); err != nil {
 				return err
 			}
@@ -367,7 +378,9 @@ func (w *Watcher) settle(ctx context.Context, f *file, now time.Time) {
 		w.changed(f.name, fi, now)
 		return
 	}
-	if !fi.Mode().IsRegular() {
+	// Irregular files stay allowed: Windows reports files with reparse
+	// points (OneDrive, deduplication) so, and they read as usual.
+	if fi.Mode()&(fs.ModeSymlink|fs.ModeDevice|fs.ModeCharDevice|fs.ModeNamedPipe|fs.ModeSocket) != 0 {
 		w.reject(f, "is not a regular file (a link, device or pipe); copy the file itself into the inbox", now)
 		return
 	}
@@ -523,7 +536,7 @@ func (w *Watcher) orphan(f *file, now time.Time) {
 
 // reject moves f to rejected with reason.
 func (w *Watcher) reject(f *file, reason string, now time.Time) {
-	reason = strings.Join(strings.Fields(reason), " ") // one line
+	reason = oneLine(reason)
 	w.log.Warn("inbox file rejected", "file", f.name, "reason", reason)
 	f.move = &move{dir: RejectedDir, reason: reason}
 	w.retryMove(f, now)
@@ -565,11 +578,12 @@ func (w *Watcher) moveFile(f *file) error {
 		// The reason first: a crash in between leaves a reason without
 		// its file (the file is still in the inbox), never a file without
 		// its reason.
-		if err := atomicfile.Write(to+".reason", []byte(m.reason+"\n"), 0o600); err != nil {
+		if err := atomicfile.Write(to+".reason", []byte(m.reason+"\n"), w.perm&^0o111|0o600); err != nil {
 			return err
 		}
 	}
 	if _, err := os.Lstat(to); err == nil {
+		m.dst = "" // taken meanwhile; choose again next time
 		return fmt.Errorf("move %s: %s already exists", f.name, to)
 	}
 	if err := os.Rename(w.path(f.name), to); err != nil {
@@ -602,6 +616,17 @@ func freeName(dir, name string, reason bool) (string, error) {
 func exists(path string) bool {
 	_, err := os.Lstat(path)
 	return !errors.Is(err, fs.ErrNotExist)
+}
+
+// oneLine puts a message on one line, for the reason file.
+func oneLine(s string) string {
+	return strings.TrimSpace(strings.Map(func(r rune) rune {
+		switch r {
+		case '\r', '\n', '\v', '\f', '\u0085', '\u2028', '\u2029':
+			return ' '
+		}
+		return r
+	}, s))
 }
 
 // formatDuration writes 24h rather than 24h0m0s.

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -31,9 +32,9 @@ type ingestCall struct {
 
 // fakeIngester records its calls.
 type fakeIngester struct {
-	err   error                                   // returned by Ingest, if set
-	block bool                                    // Ingest waits for ctx to end
-	mu    sync.Mutex                              // guards calls
+	err   error      // returned by Ingest, if set
+	block bool       // Ingest waits for ctx to end
+	mu    sync.Mutex // guards calls
 	calls []ingestCall
 }
 
@@ -353,7 +354,10 @@ func TestWatchAttachment(t *testing.T) {
 				writeFile(t, filepath.Join(dir, "server.json"), record)
 			}
 
-			waitFor(t, "server.json in done", func() bool { return present(t, filepath.Join(dir, DoneDir, "server.json")) })
+			// The attachments move to done together with the record file.
+			want := []string{"photo.jpg", "server.json", tt.attachedName}
+			slices.Sort(want)
+			waitFor(t, "the files in done", func() bool { return reflect.DeepEqual(names(t, filepath.Join(dir, DoneDir)), want) })
 			calls := ing.Calls()
 			if len(calls) != 1 {
 				t.Fatalf("Ingest called %d times, want 1", len(calls))
@@ -369,11 +373,8 @@ func TestWatchAttachment(t *testing.T) {
 			if !reflect.DeepEqual(calls[0].attached, wantContent) {
 				t.Errorf("Ingest read attachments %v, want %v", calls[0].attached, wantContent)
 			}
-			// The attachments move to done together with the record file.
-			want := []string{"photo.jpg", "server.json", tt.attachedName}
-			slices.Sort(want)
-			if got := names(t, filepath.Join(dir, DoneDir)); !reflect.DeepEqual(got, want) {
-				t.Errorf("done holds %v, want %v", got, want)
+			if got := names(t, dir); !reflect.DeepEqual(got, []string{DoneDir, RejectedDir}) {
+				t.Errorf("inbox holds %v, want only done and rejected", got)
 			}
 		})
 	}
@@ -446,7 +447,7 @@ func TestWatchExistingFiles(t *testing.T) {
 
 func TestWatchIngestError(t *testing.T) {
 	dir := t.TempDir()
-	ing := &fakeIngester{err: errors.New(`record 2: pledge "P-9" is not known`)}
+	ing := &fakeIngester{err: errors.New("record 2: pledge \"P-9\" is not known\n(agent pledges lists them)")}
 	startWatch(t, dir, ing, Options{})
 	writeFile(t, filepath.Join(dir, "photo.jpg"), "JPEG")
 	content := `[{"type": "delivery", "item": "X", "qty": 1, "attach": "photo.jpg"}, {"type": "delivery", "item": "Y", "qty": 1, "pledge": "P-9"}]`
@@ -459,7 +460,7 @@ func TestWatchIngestError(t *testing.T) {
 
 	rejected := filepath.Join(dir, RejectedDir, "batch-1.json")
 	waitFor(t, "batch.json in rejected", func() bool { return present(t, rejected) })
-	if got, want := readFile(t, rejected+".reason"), `record 2: pledge "P-9" is not known`+"\n"; got != want {
+	if got, want := readFile(t, rejected+".reason"), `record 2: pledge "P-9" is not known (agent pledges lists them)`+"\n"; got != want {
 		t.Errorf("reason = %q, want %q", got, want)
 	}
 	if got := readFile(t, filepath.Join(dir, RejectedDir, "batch.json.reason")); got != "earlier\n" {
@@ -503,6 +504,36 @@ func TestWatchIgnores(t *testing.T) {
 	}
 }
 
+// TestWatchRejectsLink rejects a symbolic link rather than attach what it
+// points to.
+func TestWatchRejectsLink(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("symbolic links need privileges on Windows")
+	}
+	dir := t.TempDir()
+	secret := filepath.Join(t.TempDir(), "secret")
+	writeFile(t, secret, "key")
+	if err := os.Symlink(secret, filepath.Join(dir, "scan.pdf")); err != nil {
+		t.Fatal(err)
+	}
+	ing := &fakeIngester{}
+	startWatch(t, dir, ing, Options{})
+	writeFile(t, filepath.Join(dir, "d.json"), `{"type": "delivery", "item": "X", "qty": 1, "attach": "scan.pdf"}`)
+
+	rejected := filepath.Join(dir, RejectedDir, "scan.pdf")
+	waitFor(t, "scan.pdf in rejected", func() bool { return present(t, rejected) })
+	want := "is not a regular file (a link, device or pipe); copy the file itself into the inbox\n"
+	if got := readFile(t, rejected+".reason"); got != want {
+		t.Errorf("reason = %q, want %q", got, want)
+	}
+	if n := len(ing.Calls()); n != 0 {
+		t.Errorf("Ingest called %d times, want never", n)
+	}
+	if got := readFile(t, secret); got != "key" {
+		t.Errorf("link target changed: %q", got)
+	}
+}
+
 // TestWatchRenameIntoPlace writes a record file under a temporary name and
 // renames it, as careful tools do.
 func TestWatchRenameIntoPlace(t *testing.T) {
@@ -526,12 +557,9 @@ func TestWatchStopDuringIngest(t *testing.T) {
 	dir := t.TempDir()
 	ing := &fakeIngester{block: true}
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- Watch(ctx, dir, ing, Options{Settle: testSettle}) }()
-	defer func() {
-		cancel()
-		<-done
-	}()
 	waitFor(t, "inbox folders", func() bool { return present(t, filepath.Join(dir, RejectedDir)) })
 	writeFile(t, filepath.Join(dir, "batch.json"), goodJSON)
 	waitFor(t, "Ingest to be called", func() bool { return len(ing.Calls()) == 1 })
@@ -542,7 +570,7 @@ func TestWatchStopDuringIngest(t *testing.T) {
 			t.Errorf("Watch: %v", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("Watch did not return after its context ended")
+		t.Fatal("Watch did not return after its context ended") // leaks the goroutine; the test fails anyway
 	}
 	if !present(t, filepath.Join(dir, "batch.json")) {
 		t.Errorf("batch.json left the inbox")

@@ -2,24 +2,37 @@
 //
 // State lives in go-memdb tables (see Schema); durability is a write-ahead
 // log (package wal). A write runs a function against a memdb write
-// transaction; every object it puts is also encoded into one log entry. The
-// entry is appended and fsynced before Write returns, so nothing a caller
-// acknowledges is lost. Concurrent writers share fsyncs: entries queue in
-// commit order and one flusher writes each queued batch with a single sync.
+// transaction; every object it puts or deletes is also encoded into one log
+// entry (see the format in entry.go). Write returns only once that entry is
+// appended and fsynced, so nothing a caller acknowledges is lost.
 //
-// Recovery loads the newest snapshot and replays the log after it through the
-// same apply function that live writes use, so the state after a restart is
-// the state before it.
+// Concurrent writers share fsyncs (group commit). Each writer commits its
+// transaction to memdb and queues its entry in one step, so the order of
+// the log is the order of memdb and the next writer builds on the state
+// before it; one flusher writes everything queued with a single sync.
+// Until that sync, the change is visible only to later writers, which
+// depend on it and fail with it: Read sees the state once it is durable,
+// and a Write that changes nothing returns only once the state it read is
+// durable, so no one can act on a change the disk might still lose.
+//
+// Recovery loads the newest snapshot and replays the log after it through
+// the same apply function that live writes use, so the state after a
+// restart is the state before it. A snapshot is written every
+// Options.SnapshotEvery entries, in the background, and the log it covers
+// is dropped.
+//
+// If the log fails to persist an entry, every later Write and Read returns
+// an error wrapping ErrFailed: memory then holds changes the disk may not,
+// and only reopening (recovering from the log) is safe.
 package ledger
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
@@ -31,10 +44,15 @@ import (
 // ledger writes a snapshot and drops the log it covers.
 const DefaultSnapshotEvery = 50_000
 
-// ErrFailed is returned by every write after the log failed to persist an
-// entry: memory may then hold state the disk does not, so the ledger refuses
-// to go on until it is reopened.
-var ErrFailed = errors.New("ledger: an earlier write failed to reach the disk; restart to recover from the log")
+// ErrFailed is wrapped by the errors of writes and reads after the log
+// failed to persist an entry (a full disk, an I/O error).
+var ErrFailed = errors.New("ledger: a write failed to reach the disk; restart to recover from the log")
+
+// ErrClosed is returned by the methods of a closed ledger.
+var ErrClosed = errors.New("ledger: closed")
+
+// errSnapshotAborted stops a snapshot when the ledger closes under it.
+var errSnapshotAborted = errors.New("ledger: snapshot abandoned because the ledger is closing")
 
 // Options tune a ledger.
 type Options struct {
@@ -54,25 +72,39 @@ type Ledger struct {
 	opts Options
 	lg   *slog.Logger
 
-	// mu orders writers: an entry's place in the log is its place in memdb.
-	mu      sync.Mutex
-	queue   []*pending
-	failed  error
-	wake    chan struct{} // signals the flusher that the queue is not empty
-	done    chan struct{} // closed when the flusher has exited
-	closing chan struct{}
+	// wmu is held by a writer from opening its memdb transaction until its
+	// entry is queued; memdb allows one write transaction at a time anyway.
+	// in and the objectEncoder are used under it.
+	wmu sync.Mutex
+	in  *interner
+	enc objectEncoder
 
-	snapMu        sync.Mutex     // one snapshot at a time
-	snapshots     sync.WaitGroup // background snapshots, waited for by Close
-	sinceSnapshot int            // entries since the last snapshot (under mu)
-	nextIndex     uint64         // log index the next queued entry will get (under mu)
+	// mu guards what follows; it is held briefly, never during I/O.
+	mu        sync.Mutex
+	work      sync.Cond  // signalled when queue grows or the ledger closes
+	synced    sync.Cond  // broadcast when durable advances or failed is set
+	queue     []*pending // entries committed to memdb, not yet written
+	committed uint64     // log index of the last entry committed to memdb
+	durable   uint64     // log index of the last entry synced to disk
+	failed    error      // set once the log failed: sticky
+	closed    bool
+	snapIndex uint64 // log index the newest snapshot covers
+	snapping  bool   // a background snapshot is running
 
-	batchHook func(entries int)
+	snapMu    sync.Mutex     // one snapshot at a time
+	snapshots sync.WaitGroup // snapshots in progress, waited for by Close
+	closing   atomic.Bool    // tells a snapshot in progress to give up
+	done      chan struct{}  // closed when the flusher has exited
+
+	// batchHook, if set, is called by the flusher before it writes a batch
+	// of entries with one sync; an error fails the batch as the log would.
+	// For tests and benchmarks.
+	batchHook func(entries int) error
 }
 
 type pending struct {
-	data []byte
-	err  chan error
+	index uint64
+	data  []byte
 }
 
 // Open opens the ledger in dir, creating it if needed, and recovers its state.
@@ -91,53 +123,33 @@ func Open(dir string, opts Options) (*Ledger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ledger schema: %w", err)
 	}
-	l := &Ledger{db: db, dir: dir, opts: opts, lg: lg,
-		wake: make(chan struct{}, 1), done: make(chan struct{}), closing: make(chan struct{})}
+	l := &Ledger{db: db, dir: dir, opts: opts, lg: lg, in: newInterner(), done: make(chan struct{})}
+	l.work.L = &l.mu
+	l.synced.L = &l.mu
 
 	start := time.Now()
-	txn := db.Txn(true)
-	defer txn.Abort()
-	snapIndex, err := wal.ReadSnapshot(filepath.Join(dir), func(data []byte) error {
-		return applyPut(txn, data)
-	})
+	rec, err := load(db, dir, opts, lg, l.in)
 	if err != nil {
-		return nil, fmt.Errorf("load snapshot: %w", err)
+		return nil, err
 	}
-	log, err := wal.Open(dir, wal.Options{NoSync: opts.NoSync, Logger: lg})
-	if err != nil {
-		return nil, fmt.Errorf("open log: %w", err)
-	}
-	replayed := 0
-	err = log.Replay(snapIndex+1, func(index uint64, data []byte) error {
-		replayed++
-		return applyEntry(txn, data)
-	})
-	if err != nil {
-		log.Close()
-		return nil, fmt.Errorf("replay log: %w", err)
-	}
-	txn.Commit()
-	l.log = log
-	l.sinceSnapshot = replayed
-	l.nextIndex = log.LastIndex() + 1
-	lg.Info("ledger opened", "dir", dir, "snapshot_index", snapIndex, "replayed", replayed,
-		"torn_bytes", log.Recovered().TornBytes, "took", time.Since(start).Round(time.Millisecond))
+	l.log = rec.log
+	l.committed = rec.log.LastIndex()
+	l.durable = l.committed
+	l.snapIndex = rec.snapIndex
+	lg.Info("ledger opened", "dir", dir, "snapshot_index", rec.snapIndex, "replayed", rec.replayed,
+		"torn_bytes", rec.log.Recovered().TornBytes, "took", time.Since(start).Round(time.Millisecond))
 	go l.flusher()
 	return l, nil
 }
 
 // Txn is a write transaction handed to a Write function. Reads see the
 // state including everything committed before; Put and Delete change it.
+// Change state only through Txn's methods: they are what reaches the log.
 type Txn struct {
 	*memdb.Txn
-	puts []json.RawMessage
-}
-
-// put is one change in a log entry.
-type put struct {
-	Table  string          `json:"t"`
-	Delete bool            `json:"d,omitempty"`
-	Obj    json.RawMessage `json:"o"`
+	l     *Ledger
+	entry []byte // the log entry: every change so far
+	err   error  // the first failed change: the Write fails with it
 }
 
 // Put inserts or replaces obj in table. Objects read from memdb are shared
@@ -146,178 +158,317 @@ func (t *Txn) Put(table string, obj any) error {
 	return t.change(table, obj, false)
 }
 
+// Insert is Put, so that memdb's Insert cannot bypass the log.
+func (t *Txn) Insert(table string, obj any) error {
+	return t.change(table, obj, false)
+}
+
 // Delete removes obj from table.
 func (t *Txn) Delete(table string, obj any) error {
 	return t.change(table, obj, true)
 }
 
-func encodePut(table string, obj any, del bool) ([]byte, error) {
-	raw, err := json.Marshal(obj)
+// DeleteAll removes every object that index matches with args, and returns
+// how many it removed.
+func (t *Txn) DeleteAll(table, index string, args ...any) (int, error) {
+	it, err := t.Txn.Get(table, index, args...)
 	if err != nil {
-		return nil, fmt.Errorf("encode %s object: %w", table, err)
+		return 0, err
 	}
-	return json.Marshal(put{Table: table, Delete: del, Obj: raw})
+	var objs []any
+	for obj := it.Next(); obj != nil; obj = it.Next() {
+		objs = append(objs, obj)
+	}
+	for _, obj := range objs {
+		if err := t.Delete(table, obj); err != nil {
+			return 0, err
+		}
+	}
+	return len(objs), nil
+}
+
+// DeletePrefix removes every object whose prefixIndex key starts with
+// prefix, and reports whether it removed any. prefixIndex ends in
+// "_prefix", as with memdb.
+func (t *Txn) DeletePrefix(table, prefixIndex, prefix string) (bool, error) {
+	n, err := t.DeleteAll(table, prefixIndex, prefix)
+	return n > 0, err
 }
 
 func (t *Txn) change(table string, obj any, del bool) error {
-	p, err := encodePut(table, obj, del)
-	if err != nil {
-		return err
+	if t.err != nil {
+		return t.err
 	}
-	// Apply the decoded copy, not obj: live writes and replay must see the
-	// very same bytes, so whatever JSON drops is dropped in both.
-	if err := applyPut(t.Txn, p); err != nil {
-		return err
-	}
-	t.puts = append(t.puts, p)
-	return nil
+	err := func() error {
+		raw, err := t.l.enc.encode(obj)
+		if err != nil {
+			return fmt.Errorf("encode %s object: %w", table, err)
+		}
+		// Apply the decoded copy, not obj: live writes and replay must see
+		// the very same bytes, so whatever JSON drops is dropped in both.
+		c, err := decodeChange(table, del, raw, t.l.in)
+		if err != nil {
+			return err
+		}
+		if err := applyChange(t.Txn, c); err != nil {
+			return err
+		}
+		t.entry = appendChange(t.entry, table, del, raw)
+		return nil
+	}()
+	// A change that failed half way may have left memdb's transaction
+	// inconsistent with the log entry: the whole Write fails.
+	t.err = err
+	return err
 }
 
 // Write runs fn in a write transaction and makes its changes durable: it
 // returns nil only after they are in the log and synced to disk. If fn
-// returns an error nothing changes.
+// returns an error, or a change fails, nothing changes.
+//
+// If fn changes nothing, Write still waits until the state fn read is
+// durable, so that a decision based on it ("already stored, acknowledge")
+// holds after a crash.
 func (l *Ledger) Write(fn func(tx *Txn) error) error {
+	index, err := l.commit(fn)
+	if err != nil {
+		return err
+	}
+	return l.waitDurable(index)
+}
+
+// commit runs fn, commits its transaction to memdb and queues its entry,
+// all under wmu so that the log's order is memdb's. It returns the log
+// index the entry gets (or, if fn changed nothing, the last one fn saw).
+func (l *Ledger) commit(fn func(tx *Txn) error) (uint64, error) {
+	l.wmu.Lock()
+	defer l.wmu.Unlock()
+	if err := l.usable(); err != nil {
+		return 0, err
+	}
+	tx := &Txn{Txn: l.db.Txn(true), l: l}
+	defer tx.Txn.Abort() // after Commit, a no-op; if fn panics, the lock is released
+	err := fn(tx)
+	if err == nil {
+		err = tx.err
+	}
+	if err != nil {
+		return 0, err
+	}
+	if len(tx.entry) > wal.MaxEntrySize {
+		return 0, fmt.Errorf("ledger: change of %d bytes exceeds the log's entry limit of %d", len(tx.entry), wal.MaxEntrySize)
+	}
+
 	l.mu.Lock()
-	if l.failed != nil {
-		l.mu.Unlock()
-		return l.failed
+	defer l.mu.Unlock()
+	if err := l.usableLocked(); err != nil {
+		return 0, err
 	}
-	tx := &Txn{Txn: l.db.Txn(true)}
-	if err := fn(tx); err != nil {
-		tx.Abort()
-		l.mu.Unlock()
-		return err
+	if len(tx.entry) == 0 {
+		return l.committed, nil
 	}
-	if len(tx.puts) == 0 {
-		tx.Abort()
-		l.mu.Unlock()
-		return nil
-	}
-	data := encodeEntry(tx.puts)
-	if len(data) > wal.MaxEntrySize {
-		tx.Abort()
-		l.mu.Unlock()
-		return fmt.Errorf("ledger: change of %d bytes exceeds the log's entry limit of %d", len(data), wal.MaxEntrySize)
-	}
-	p := &pending{data: data, err: make(chan error, 1)}
-	l.queue = append(l.queue, p)
-	l.nextIndex++
-	tx.Commit()
-	l.sinceSnapshot++
-	snap := l.opts.SnapshotEvery > 0 && l.sinceSnapshot >= l.opts.SnapshotEvery
-	if snap {
-		l.sinceSnapshot = 0
-	}
-	l.mu.Unlock()
-	l.kick()
-	if err := <-p.err; err != nil {
-		return err
-	}
-	if snap {
-		// In the background: a writer's acknowledgement must not wait for a
-		// snapshot of the whole state.
-		l.snapshots.Go(func() {
-			if err := l.Snapshot(); err != nil {
+	l.committed++
+	l.queue = append(l.queue, &pending{index: l.committed, data: tx.entry})
+	tx.Txn.Commit()
+	l.work.Signal()
+	if every := l.opts.SnapshotEvery; every > 0 && !l.snapping && l.committed-l.snapIndex >= uint64(every) {
+		// In the background: a writer's acknowledgement must not wait for
+		// a snapshot of the whole state.
+		l.snapping = true
+		l.snapshots.Add(1)
+		go func() {
+			defer l.snapshots.Done()
+			err := l.snapshot()
+			l.mu.Lock()
+			l.snapping = false
+			l.mu.Unlock()
+			if err != nil && !errors.Is(err, errSnapshotAborted) && !errors.Is(err, ErrFailed) {
 				l.lg.Warn("snapshot failed; the log keeps everything", "err", err)
 			}
-		})
+		}()
+	}
+	return l.committed, nil
+}
+
+func (l *Ledger) usable() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.usableLocked()
+}
+
+func (l *Ledger) usableLocked() error {
+	if l.closed {
+		return ErrClosed
+	}
+	return l.failed
+}
+
+// waitDurable waits until the log holds everything up to index.
+func (l *Ledger) waitDurable(index uint64) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.waitDurableLocked(index)
+}
+
+func (l *Ledger) waitDurableLocked(index uint64) error {
+	for l.durable < index {
+		if l.failed != nil {
+			return l.failed
+		}
+		l.synced.Wait()
 	}
 	return nil
 }
 
 // flusher writes queued entries in batches, one fsync per batch, so that
-// concurrent writers share the cost of a sync.
+// concurrent writers share the cost of a sync. It exits once the ledger is
+// closed and the queue is empty.
 func (l *Ledger) flusher() {
 	defer close(l.done)
+	l.mu.Lock()
+	defer l.mu.Unlock()
 	for {
-		select {
-		case <-l.wake:
-		case <-l.closing:
-			l.flush()
-			return
+		for len(l.queue) == 0 {
+			if l.closed {
+				return
+			}
+			l.work.Wait()
 		}
-		l.flush()
-	}
-}
-
-func (l *Ledger) flush() {
-	for {
-		l.mu.Lock()
 		batch := l.queue
 		l.queue = nil
+		if l.failed != nil {
+			// Nothing after a failed entry may reach the log: its state
+			// was built on the lost one. Waiters see failed.
+			continue
+		}
 		l.mu.Unlock()
-		if len(batch) == 0 {
-			return
-		}
-		data := make([][]byte, 0, len(batch))
-		for _, p := range batch {
-			if p.data != nil { // barrier markers carry no data
-				data = append(data, p.data)
-			}
-		}
-		var err error
-		if len(data) > 0 {
-			if l.batchHook != nil {
-				l.batchHook(len(data))
-			}
-			_, err = l.log.AppendBatch(data)
-		}
+		err := l.append(batch)
+		l.mu.Lock()
 		if err != nil {
-			err = fmt.Errorf("%w: %v", ErrFailed, err)
-			l.mu.Lock()
-			l.failed = err
-			l.mu.Unlock()
+			l.failed = fmt.Errorf("%w: %w", ErrFailed, err)
+			l.lg.Error("ledger write failed; restart to recover from the log", "err", err)
+		} else {
+			l.durable = batch[len(batch)-1].index
 		}
-		for _, p := range batch {
-			p.err <- err
-		}
+		l.synced.Broadcast()
 	}
 }
 
-// Read runs fn in a read transaction on a consistent view of the state.
+func (l *Ledger) append(batch []*pending) error {
+	data := make([][]byte, len(batch))
+	for i, p := range batch {
+		data[i] = p.data
+	}
+	if l.batchHook != nil {
+		if err := l.batchHook(len(data)); err != nil {
+			return err
+		}
+	}
+	first, err := l.log.AppendBatch(data)
+	if err != nil {
+		return err
+	}
+	if first != batch[0].index {
+		return fmt.Errorf("internal error: log gave entry %d index %d", batch[0].index, first)
+	}
+	return nil
+}
+
+// Read runs fn in a read transaction on a consistent view of the state:
+// everything acknowledged before Read was called, and nothing that is not
+// yet durable (Read waits for a sync in progress if it must).
 func (l *Ledger) Read(fn func(txn *memdb.Txn) error) error {
-	txn := l.db.Txn(false)
+	txn, err := l.view()
+	if err != nil {
+		return err
+	}
 	defer txn.Abort()
 	return fn(txn)
 }
 
-// DB returns the underlying memdb for reads with watch sets. Never write to it
-// directly: writes go through Write so they reach the log.
+// view returns a read transaction on the newest state, once it is durable.
+func (l *Ledger) view() (*memdb.Txn, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.closed {
+		return nil, ErrClosed
+	}
+	// Writers commit under mu, so this view is exactly the log up to
+	// committed.
+	txn := l.db.Txn(false)
+	if err := l.waitDurableLocked(l.committed); err != nil {
+		return nil, err
+	}
+	return txn, nil
+}
+
+// DB returns the underlying memdb. Its state may be ahead of the disk by the
+// writes being synced; Read waits for them. Never write to it directly:
+// writes go through Write so they reach the log.
 func (l *Ledger) DB() *memdb.MemDB { return l.db }
 
 // Snapshot writes a snapshot of the current state and drops the log entries
 // it covers.
 func (l *Ledger) Snapshot() error {
+	l.mu.Lock()
+	if err := l.usableLocked(); err != nil {
+		l.mu.Unlock()
+		return err
+	}
+	l.snapshots.Add(1)
+	l.mu.Unlock()
+	defer l.snapshots.Done()
+	return l.snapshot()
+}
+
+func (l *Ledger) snapshot() error {
 	l.snapMu.Lock()
 	defer l.snapMu.Unlock()
 	// The view and its index are taken together under mu, so the view is
-	// exactly the log up to index; the barrier then makes that prefix durable.
+	// exactly the log up to index; waiting makes that prefix durable.
 	l.mu.Lock()
 	txn := l.db.Txn(false)
-	index := l.nextIndex - 1
+	index := l.committed
+	if index == l.snapIndex {
+		l.mu.Unlock()
+		return nil // nothing new since the last one
+	}
+	err := l.waitDurableLocked(index)
 	l.mu.Unlock()
-	if err := l.barrier(); err != nil {
+	if err != nil {
 		return err
 	}
-	err := wal.WriteSnapshot(l.dir, index, func(emit func([]byte) error) error {
+
+	start := time.Now()
+	var enc objectEncoder
+	objects := 0
+	err = wal.WriteSnapshot(l.dir, index, func(emit func([]byte) error) error {
+		var chunk []byte
 		for table := range Schema().Tables {
 			it, err := txn.Get(table, IndexID)
 			if err != nil {
 				return err
 			}
 			for obj := it.Next(); obj != nil; obj = it.Next() {
-				raw, err := json.Marshal(obj)
+				raw, err := enc.encode(obj)
 				if err != nil {
-					return err
+					return fmt.Errorf("encode %s object: %w", table, err)
 				}
-				p, err := json.Marshal(put{Table: table, Obj: raw})
-				if err != nil {
-					return err
-				}
-				if err := emit(p); err != nil {
-					return err
+				chunk = appendChange(chunk, table, false, raw)
+				objects++
+				if len(chunk) >= snapshotChunk {
+					if l.closing.Load() {
+						return errSnapshotAborted
+					}
+					if err := emit(chunk); err != nil {
+						return err
+					}
+					chunk = chunk[:0]
 				}
 			}
+		}
+		if len(chunk) > 0 {
+			return emit(chunk)
 		}
 		return nil
 	})
@@ -327,89 +478,29 @@ func (l *Ledger) Snapshot() error {
 	if err := l.log.Compact(index); err != nil {
 		return fmt.Errorf("compact log to %d: %w", index, err)
 	}
-	l.lg.Info("snapshot written", "index", index)
-	return nil
-}
-
-// barrier waits until everything queued before it is durable. It queues an
-// empty marker: the flusher answers entries in order, after their batch is
-// synced.
-func (l *Ledger) barrier() error {
-	p := &pending{err: make(chan error, 1)}
 	l.mu.Lock()
-	if l.failed != nil {
-		l.mu.Unlock()
-		return l.failed
-	}
-	l.queue = append(l.queue, p)
+	l.snapIndex = index
 	l.mu.Unlock()
-	l.kick()
-	return <-p.err
+	l.lg.Info("snapshot written", "index", index, "objects", objects,
+		"took", time.Since(start).Round(time.Millisecond))
+	return nil
 }
 
-func (l *Ledger) kick() {
-	select {
-	case l.wake <- struct{}{}:
-	default:
-	}
-}
-
-// Close flushes what is queued and closes the log.
+// Close waits for the writes in flight to be synced, abandons a snapshot
+// in progress, and closes the log. Later calls of any method return
+// ErrClosed.
 func (l *Ledger) Close() error {
-	l.snapshots.Wait()
-	close(l.closing)
+	l.mu.Lock()
+	if l.closed {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	// No entry is queued and no snapshot starts after this.
+	l.closed = true
+	l.work.Signal()
+	l.mu.Unlock()
+	l.closing.Store(true)
 	<-l.done
+	l.snapshots.Wait()
 	return l.log.Close()
-}
-
-func encodeEntry(puts []json.RawMessage) []byte {
-	b := []byte{'['}
-	for i, p := range puts {
-		if i > 0 {
-			b = append(b, ',')
-		}
-		b = append(b, p...)
-	}
-	return append(b, ']')
-}
-
-// applyEntry applies one log entry: a JSON array of puts.
-func applyEntry(txn *memdb.Txn, data []byte) error {
-	var puts []json.RawMessage
-	if err := json.Unmarshal(data, &puts); err != nil {
-		return fmt.Errorf("decode log entry: %w", err)
-	}
-	for _, p := range puts {
-		if err := applyPut(txn, p); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// applyPut applies one change. It is the only place state changes, for live
-// writes, replay and snapshot loading alike; it uses no clock and no
-// randomness.
-func applyPut(txn *memdb.Txn, data []byte) error {
-	var p put
-	if err := json.Unmarshal(data, &p); err != nil {
-		return fmt.Errorf("decode change: %w", err)
-	}
-	obj, ok := newObject(p.Table)
-	if !ok {
-		return fmt.Errorf("change names unknown table %q", p.Table)
-	}
-	if err := json.Unmarshal(p.Obj, obj); err != nil {
-		return fmt.Errorf("decode %s object: %w", p.Table, err)
-	}
-	if p.Delete {
-		if err := txn.Delete(p.Table, obj); err != nil && !errors.Is(err, memdb.ErrNotFound) {
-			return fmt.Errorf("delete from %s: %w", p.Table, err)
-		}
-		return nil
-	}
-	if err := txn.Insert(p.Table, obj); err != nil {
-		return fmt.Errorf("insert into %s: %w", p.Table, err)
-	}
-	return nil
 }

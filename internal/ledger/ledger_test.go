@@ -1,13 +1,19 @@
 package ledger
 
 import (
+	"errors"
 	"fmt"
+	"path/filepath"
+	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
 
+	"fieldsync/internal/wal"
 	"fieldsync/protocol"
 )
 
@@ -210,4 +216,331 @@ func TestEffectiveAppliesCorrections(t *testing.T) {
 		t.Fatal(err)
 	}
 	check(5, true)
+}
+
+func openT(t *testing.T, dir string, opts Options) *Ledger {
+	t.Helper()
+	l, err := Open(dir, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+func putRecord(r *protocol.Record) func(tx *Txn) error {
+	return func(tx *Txn) error { return tx.Put(TableRecords, r) }
+}
+
+func hasRecord(txn *memdb.Txn, id string) bool {
+	obj, err := txn.First(TableRecords, IndexID, id)
+	return err == nil && obj != nil
+}
+
+// TestOnlyDurableStateIsVisible holds the flusher before its fsync and
+// checks that a change committed to memdb but not yet durable is seen by
+// nobody who could act on it: Read waits, and so does a Write that changes
+// nothing after reading it; once synced, both return and see it.
+func TestOnlyDurableStateIsVisible(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		l := openT(t, t.TempDir(), Options{SnapshotEvery: -1, NoSync: true})
+		defer l.Close()
+		addRecords(t, l, "A1", 1, 1)
+		gate := make(chan struct{})
+		l.batchHook = func(int) error { <-gate; return nil }
+
+		rec := testRecord("A1", 2)
+		var wrote, read, checked atomic.Bool
+		var sawInRead, sawInWrite bool
+		go func() {
+			if err := l.Write(putRecord(rec)); err != nil {
+				t.Error(err)
+			}
+			wrote.Store(true)
+		}()
+		synctest.Wait() // the write is in memdb, its entry held before the log
+		go func() {
+			l.Read(func(txn *memdb.Txn) error { sawInRead = hasRecord(txn, rec.ID); return nil })
+			read.Store(true)
+		}()
+		go func() {
+			l.Write(func(tx *Txn) error { sawInWrite = hasRecord(tx.Txn, rec.ID); return nil })
+			checked.Store(true)
+		}()
+		synctest.Wait()
+		for _, c := range []struct {
+			name string
+			done *atomic.Bool
+		}{{"Write", &wrote}, {"Read", &read}, {"Write changing nothing", &checked}} {
+			if c.done.Load() {
+				t.Errorf("%s returned before the change was synced", c.name)
+			}
+		}
+		close(gate)
+		synctest.Wait()
+		if !wrote.Load() || !read.Load() || !checked.Load() {
+			t.Fatalf("after the sync: write %v, read %v, empty write %v returned; want all", wrote.Load(), read.Load(), checked.Load())
+		}
+		if !sawInRead || !sawInWrite {
+			t.Errorf("after the sync: Read saw the record %v, Write saw it %v; want both", sawInRead, sawInWrite)
+		}
+	})
+}
+
+// TestFailureIsSticky fails one batch and checks that the write, every
+// write queued behind it, and everything after fail with ErrFailed, that
+// no snapshot is written from memory the disk does not match, and that
+// reopening recovers exactly what was acknowledged.
+func TestFailureIsSticky(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		dir := t.TempDir()
+		l := openT(t, dir, Options{SnapshotEvery: -1, NoSync: true})
+		addRecords(t, l, "A1", 1, 3)
+		gate := make(chan struct{})
+		diskFull := errors.New("no space left on device")
+		// Only the first batch fails: the ledger itself must refuse the
+		// rest, whatever the log would do with them.
+		var once atomic.Bool
+		l.batchHook = func(int) error {
+			<-gate
+			if once.CompareAndSwap(false, true) {
+				return diskFull
+			}
+			return nil
+		}
+
+		errs := make([]error, 3)
+		var wg sync.WaitGroup
+		for i := range errs {
+			wg.Go(func() { errs[i] = l.Write(putRecord(testRecord("A1", uint64(4+i)))) })
+			synctest.Wait() // one at a time, so the first is alone in its batch
+		}
+		close(gate)
+		wg.Wait()
+		for i, err := range errs {
+			if !errors.Is(err, ErrFailed) {
+				t.Errorf("write %d: got %v, want ErrFailed", i, err)
+			}
+		}
+		if !errors.Is(errs[0], diskFull) {
+			t.Errorf("the failed write's error %q does not wrap the cause", errs[0])
+		}
+
+		for _, c := range []struct {
+			name string
+			op   func() error
+		}{
+			{"Write", func() error { return l.Write(putRecord(testRecord("A1", 9))) }},
+			{"Write changing nothing", func() error { return l.Write(func(*Txn) error { return nil }) }},
+			{"Read", func() error { return l.Read(func(*memdb.Txn) error { return nil }) }},
+			{"Snapshot", l.Snapshot},
+		} {
+			if err := c.op(); !errors.Is(err, ErrFailed) {
+				t.Errorf("%s after the failure: got %v, want ErrFailed", c.name, err)
+			}
+		}
+		l.Close()
+		if snaps, _ := filepath.Glob(filepath.Join(dir, "snap", "*")); len(snaps) > 0 {
+			t.Errorf("snapshots written after the failure: %v", snaps)
+		}
+
+		l = openT(t, dir, Options{})
+		defer l.Close()
+		if got := len(countRecords(t, l)); got != 3 {
+			t.Errorf("after reopening got %d records, want the 3 acknowledged", got)
+		}
+	})
+}
+
+// TestCloseWhileWriting closes the ledger under concurrent writers and
+// snapshots: Close returns, every Write returns nil or ErrClosed, and
+// everything acknowledged is there after reopening.
+func TestCloseWhileWriting(t *testing.T) {
+	for _, every := range []int{-1, 1, 5} {
+		t.Run(fmt.Sprintf("SnapshotEvery=%d", every), func(t *testing.T) {
+			dir := t.TempDir()
+			l := openT(t, dir, Options{SnapshotEvery: every, NoSync: true})
+			const writers, each = 4, 100
+			acked := make([][]uint64, writers)
+			var started, wg sync.WaitGroup
+			started.Add(writers)
+			for w := range writers {
+				wg.Go(func() {
+					agent := fmt.Sprintf("A%d", w)
+					for seq := uint64(1); seq <= each; seq++ {
+						if seq == 10 {
+							started.Done()
+						}
+						err := l.Write(putRecord(testRecord(agent, seq)))
+						if errors.Is(err, ErrClosed) {
+							if seq < 10 {
+								started.Done()
+							}
+							return
+						}
+						if err != nil {
+							t.Errorf("write %s %d: %v", agent, seq, err)
+							return
+						}
+						acked[w] = append(acked[w], seq)
+					}
+				})
+			}
+			started.Wait()
+			if err := l.Close(); err != nil {
+				t.Fatalf("Close: %v", err)
+			}
+			wg.Wait()
+			for _, c := range []struct {
+				name string
+				op   func() error
+			}{
+				{"Close", l.Close},
+				{"Write", func() error { return l.Write(putRecord(testRecord("B", 1))) }},
+				{"Read", func() error { return l.Read(func(*memdb.Txn) error { return nil }) }},
+				{"Snapshot", l.Snapshot},
+			} {
+				if err := c.op(); !errors.Is(err, ErrClosed) {
+					t.Errorf("%s after Close: got %v, want ErrClosed", c.name, err)
+				}
+			}
+
+			l = openT(t, dir, Options{SnapshotEvery: every})
+			defer l.Close()
+			got := countRecords(t, l)
+			for w, seqs := range acked {
+				for _, seq := range seqs {
+					if id := testRecord(fmt.Sprintf("A%d", w), seq).ID; got[id] != seq {
+						t.Errorf("acknowledged record %s lost", id)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestSnapshotMatchesItsIndex writes snapshots while writers run. Every
+// entry adds one record, so a snapshot consistent with the log it replaces
+// holds exactly as many records as the index it covers.
+func TestSnapshotMatchesItsIndex(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{SnapshotEvery: -1, NoSync: true})
+	const writers, each = 4, 60
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() { addRecords(t, l, fmt.Sprintf("A%d", w), 1, each) })
+	}
+	for range 5 {
+		if err := l.Snapshot(); err != nil {
+			t.Fatal(err)
+		}
+		var records uint64
+		index, err := wal.ReadSnapshot(dir, func(data []byte) error {
+			return decodeEntry(data, nil, func(c change) error {
+				if c.table == TableRecords {
+					records++
+				}
+				return nil
+			})
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if records != index {
+			t.Errorf("snapshot at entry %d holds %d records", index, records)
+		}
+	}
+	wg.Wait()
+	l.Close()
+	l = openT(t, dir, Options{})
+	defer l.Close()
+	if got := len(countRecords(t, l)); got != writers*each {
+		t.Errorf("after reopening got %d records, want %d", got, writers*each)
+	}
+}
+
+// TestWriteErrors: a failed change fails the Write even if fn ignores it,
+// and a panic in fn leaves the ledger usable; neither changes anything.
+func TestWriteErrors(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		fn   func(tx *Txn) error
+	}{
+		{"ignored failed change", func(tx *Txn) error {
+			tx.Put(TableRecords, testRecord("A1", 2))
+			tx.Put("no such table", &Meta{Key: "k"})
+			return nil
+		}},
+		{"record without an id", func(tx *Txn) error {
+			tx.Put(TableRecords, testRecord("A1", 2))
+			return tx.Put(TableRecords, &protocol.Record{Agent: "A1", Seq: 3})
+		}},
+		{"panic", func(tx *Txn) error {
+			tx.Put(TableRecords, testRecord("A1", 2))
+			panic("bug")
+		}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			l := openT(t, dir, Options{NoSync: true})
+			addRecords(t, l, "A1", 1, 1)
+			func() {
+				defer func() { recover() }()
+				if err := l.Write(c.fn); err == nil {
+					t.Error("Write returned no error")
+				}
+			}()
+			addRecords(t, l, "A1", 4, 4) // still usable
+			l.Close()
+			l = openT(t, dir, Options{})
+			defer l.Close()
+			got := countRecords(t, l)
+			if len(got) != 2 || got[testRecord("A1", 2).ID] != 0 {
+				t.Errorf("got records %v, want only seq 1 and 4", got)
+			}
+		})
+	}
+}
+
+// TestTxnMethodsReachTheLog: memdb's Insert, DeleteAll and DeletePrefix,
+// reached through Txn, go to the log like Put and Delete.
+func TestTxnMethodsReachTheLog(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{NoSync: true})
+	err := l.Write(func(tx *Txn) error {
+		for _, k := range []string{"a1", "a2", "b1", "c1"} {
+			if err := tx.Insert(TableMeta, &Meta{Key: k, Value: "v"}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = l.Write(func(tx *Txn) error {
+		if n, err := tx.DeleteAll(TableMeta, IndexID, "b1"); n != 1 || err != nil {
+			return fmt.Errorf("DeleteAll = %d, %v", n, err)
+		}
+		if ok, err := tx.DeletePrefix(TableMeta, IndexID+"_prefix", "a"); !ok || err != nil {
+			return fmt.Errorf("DeletePrefix = %v, %v", ok, err)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	l = openT(t, dir, Options{})
+	defer l.Close()
+	var keys []string
+	l.Read(func(txn *memdb.Txn) error {
+		it, _ := txn.Get(TableMeta, IndexID)
+		for obj := it.Next(); obj != nil; obj = it.Next() {
+			keys = append(keys, obj.(*Meta).Key)
+		}
+		return nil
+	})
+	if want := []string{"c1"}; !slices.Equal(keys, want) {
+		t.Errorf("after reopening: meta keys %v, want %v", keys, want)
+	}
 }

@@ -1,6 +1,8 @@
 package ledger
 
 import (
+	"encoding/binary"
+	"fmt"
 	"math"
 	"time"
 
@@ -140,16 +142,108 @@ func agentSeqIndex(name string) *memdb.IndexSchema {
 
 // recordsTableSchema: records by id; by (agent, seq), which makes applying a
 // record twice impossible; by the pledge they fulfil; by the record they
-// correct; by site; by serial number (to find one reported at two sites).
+// correct; by serial number (to find one reported at two sites).
+//
+// The records table is the big one (a million rows at a busy hub), and each
+// index costs a radix tree leaf per row, so it has no index that no query
+// uses, and its indexers read the fields directly instead of through
+// reflection. The keys are those of memdb's StringFieldIndex,
+// CompoundIndex and StringSliceFieldIndex, whose FromArgs they keep.
 func recordsTableSchema() *memdb.TableSchema {
 	return &memdb.TableSchema{Name: TableRecords, Indexes: map[string]*memdb.IndexSchema{
-		IndexID:     {Name: IndexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "ID"}},
-		IndexSeq:    agentSeqIndex(IndexSeq),
-		IndexPledge: {Name: IndexPledge, AllowMissing: true, Indexer: &memdb.StringFieldIndex{Field: "Pledge"}},
-		IndexTarget: {Name: IndexTarget, AllowMissing: true, Indexer: &memdb.StringFieldIndex{Field: "Target"}},
-		IndexSite:   {Name: IndexSite, AllowMissing: true, Indexer: &memdb.StringFieldIndex{Field: "Site"}},
-		IndexSerial: {Name: IndexSerial, AllowMissing: true, Indexer: &memdb.StringSliceFieldIndex{Field: "Serials"}},
+		IndexID: {Name: IndexID, Unique: true, Indexer: &recordField{
+			StringFieldIndex: memdb.StringFieldIndex{Field: "ID"},
+			get:              func(r *protocol.Record) string { return r.ID },
+		}},
+		IndexSeq: {Name: IndexSeq, Unique: true, Indexer: &recordSeq{CompoundIndex: memdb.CompoundIndex{
+			Indexes: []memdb.Indexer{&memdb.StringFieldIndex{Field: "Agent"}, &memdb.UintFieldIndex{Field: "Seq"}},
+		}}},
+		IndexPledge: {Name: IndexPledge, AllowMissing: true, Indexer: &recordField{
+			StringFieldIndex: memdb.StringFieldIndex{Field: "Pledge"},
+			get:              func(r *protocol.Record) string { return r.Pledge },
+			nonUnique:        true,
+		}},
+		IndexTarget: {Name: IndexTarget, AllowMissing: true, Indexer: &recordField{
+			StringFieldIndex: memdb.StringFieldIndex{Field: "Target"},
+			get:              func(r *protocol.Record) string { return r.Target },
+			nonUnique:        true,
+		}},
+		IndexSerial: {Name: IndexSerial, AllowMissing: true, Indexer: &recordSerials{
+			StringSliceFieldIndex: memdb.StringSliceFieldIndex{Field: "Serials"},
+		}},
 	}}
+}
+
+// recordField indexes a string field of a record like memdb's
+// StringFieldIndex: the value and a NUL, nothing for an empty string.
+type recordField struct {
+	memdb.StringFieldIndex // FromArgs, PrefixFromArgs
+	get                    func(*protocol.Record) string
+	// nonUnique leaves room for the record id that memdb appends to the
+	// keys of a non-unique index, saving a copy of every key.
+	nonUnique bool
+}
+
+// FromObject returns the key of obj, a *protocol.Record.
+func (x *recordField) FromObject(obj any) (bool, []byte, error) {
+	r, ok := obj.(*protocol.Record)
+	if !ok {
+		return false, nil, fmt.Errorf("index %s: object is a %T, not a *protocol.Record", x.Field, obj)
+	}
+	v := x.get(r)
+	if v == "" {
+		return false, nil, nil
+	}
+	return true, stringKey(v, x.nonUnique, r), nil
+}
+
+func stringKey(v string, nonUnique bool, r *protocol.Record) []byte {
+	n := len(v) + 1
+	if nonUnique {
+		n += len(r.ID) + 1
+	}
+	return append(append(make([]byte, 0, n), v...), 0)
+}
+
+// recordSeq indexes a record by agent and sequence number like a memdb
+// CompoundIndex of a StringFieldIndex and a UintFieldIndex.
+type recordSeq struct {
+	memdb.CompoundIndex // FromArgs, PrefixFromArgs
+}
+
+// FromObject returns the key of obj, a *protocol.Record.
+func (x *recordSeq) FromObject(obj any) (bool, []byte, error) {
+	r, ok := obj.(*protocol.Record)
+	if !ok {
+		return false, nil, fmt.Errorf("index seq: object is a %T, not a *protocol.Record", obj)
+	}
+	if r.Agent == "" {
+		return false, nil, nil
+	}
+	b := make([]byte, 0, len(r.Agent)+1+8)
+	b = append(append(b, r.Agent...), 0)
+	return true, binary.BigEndian.AppendUint64(b, r.Seq), nil
+}
+
+// recordSerials indexes a record by each of its serial numbers like a
+// memdb StringSliceFieldIndex.
+type recordSerials struct {
+	memdb.StringSliceFieldIndex // FromArgs, PrefixFromArgs
+}
+
+// FromObject returns the keys of obj, a *protocol.Record.
+func (x *recordSerials) FromObject(obj any) (bool, [][]byte, error) {
+	r, ok := obj.(*protocol.Record)
+	if !ok {
+		return false, nil, fmt.Errorf("index serial: object is a %T, not a *protocol.Record", obj)
+	}
+	var keys [][]byte
+	for _, s := range r.Serials {
+		if s != "" {
+			keys = append(keys, stringKey(s, true, r))
+		}
+	}
+	return len(keys) > 0, keys, nil
 }
 
 func pledgesTableSchema() *memdb.TableSchema {

@@ -187,6 +187,7 @@ func TestLoss(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
 			seqs, stats := lossRun(t, tt.p, 42, n)
 			up := stats.Uplink
 			mean := n * tt.p.Loss

@@ -8,8 +8,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"io"
-	mrand "math/rand/v2"
 	"math/big"
+	mrand "math/rand/v2"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -142,10 +142,9 @@ func quicTransfer(t *testing.T, p linksim.Profile, seed int64, size int) {
 
 		s := path.Stats()
 		up := s.Uplink
-		onWire := up.Sent.Bytes + linksim.UDPOverhead*up.Sent.Packets
 		t.Logf("%s, %d bytes: handshake %v, transfer done after %v virtual time", p.Name, size, handshake, elapsed)
 		t.Logf("uplink: %d datagrams, %d bytes sent (%.3f link bytes per payload byte), %d lost, %d queue drops",
-			up.Sent.Packets, up.Sent.Bytes, float64(onWire)/float64(len(payload)), up.Lost.Packets, up.QueueDrops.Packets)
+			up.Sent.Packets, up.Sent.Bytes, float64(up.Sent.WireBytes())/float64(len(payload)), up.Lost.Packets, up.QueueDrops.Packets)
 		t.Logf("downlink: %d datagrams, %d bytes sent, %d lost", s.Downlink.Sent.Packets, s.Downlink.Sent.Bytes, s.Downlink.Lost.Packets)
 	})
 }

@@ -118,6 +118,9 @@ func (d *streamDir) wait(now time.Time) time.Duration {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if !d.busyUntil.After(now) {
+		return 0
+	}
 	return d.busyUntil.Sub(now) - transmitTime(d.queue, d.rate)
 }
 

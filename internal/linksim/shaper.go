@@ -18,6 +18,12 @@ type Counter struct {
 	Bytes   int64
 }
 
+// WireBytes is the bytes those datagrams take on a link: the payload plus
+// UDPOverhead header bytes each.
+func (c Counter) WireBytes() int64 {
+	return c.Bytes + UDPOverhead*c.Packets
+}
+
 func (c *Counter) add(n int) {
 	c.Packets++
 	c.Bytes += int64(n)

@@ -1,0 +1,134 @@
+package ledger
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+
+	"github.com/hashicorp/go-memdb"
+
+	"fieldsync/internal/wal"
+)
+
+// loaded is what load recovered.
+type loaded struct {
+	log       *wal.Log
+	snapIndex uint64 // the log index the snapshot covers, 0 without one
+	replayed  int    // log entries applied after the snapshot
+}
+
+// loadBatch is how many changes the reader hands to the applier at once.
+const loadBatch = 1024
+
+// indexedChange is a decoded change and the log entry it came from (0 for
+// a snapshot).
+type indexedChange struct {
+	index uint64
+	change
+}
+
+var errStopped = errors.New("stopped")
+
+// load fills db from the newest snapshot in dir and the log after it, in
+// one memdb transaction, and returns the open log. Reading and decoding run
+// in one goroutine and applying in the caller's, so that on a machine with
+// two cores the one does not wait for the other.
+func load(db *memdb.MemDB, dir string, opts Options, lg *slog.Logger, in *interner) (*loaded, error) {
+	batches := make(chan []indexedChange, 4)
+	stop := make(chan struct{})
+	var res loaded
+	var readErr error
+	go func() {
+		defer close(batches)
+		readErr = read(dir, opts, lg, in, &res, batches, stop)
+	}()
+
+	txn := db.Txn(true)
+	defer txn.Abort()
+	var applyErr error
+	for batch := range batches {
+		if applyErr != nil {
+			continue // until the reader notices stop
+		}
+		for _, c := range batch {
+			if err := applyChange(txn, c.change); err != nil {
+				if c.index == 0 {
+					applyErr = fmt.Errorf("load snapshot: %w", err)
+				} else {
+					applyErr = fmt.Errorf("replay log entry %d: %w", c.index, err)
+				}
+				close(stop)
+				break
+			}
+		}
+	}
+	err := applyErr
+	if err == nil {
+		err = readErr
+	}
+	if err != nil {
+		if res.log != nil {
+			res.log.Close()
+		}
+		return nil, err
+	}
+	txn.Commit()
+	return &res, nil
+}
+
+// read decodes the snapshot and the log after it into batches of changes.
+func read(dir string, opts Options, lg *slog.Logger, in *interner, res *loaded,
+	batches chan<- []indexedChange, stop <-chan struct{}) error {
+	batch := make([]indexedChange, 0, loadBatch)
+	send := func() error {
+		select {
+		case batches <- batch:
+			batch = make([]indexedChange, 0, loadBatch)
+			return nil
+		case <-stop:
+			return errStopped
+		}
+	}
+	var index uint64
+	emit := func(c change) error {
+		batch = append(batch, indexedChange{index, c})
+		if len(batch) == loadBatch {
+			return send()
+		}
+		return nil
+	}
+
+	snapIndex, err := wal.ReadSnapshot(dir, func(data []byte) error {
+		return decodeEntry(data, in, emit)
+	})
+	if errors.Is(err, errStopped) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("load snapshot: %w", err)
+	}
+	res.snapIndex = snapIndex
+	log, err := wal.Open(dir, wal.Options{NoSync: opts.NoSync, Logger: lg})
+	if err != nil {
+		return fmt.Errorf("open log: %w", err)
+	}
+	res.log = log
+	err = log.Replay(snapIndex+1, func(i uint64, data []byte) error {
+		index = i
+		res.replayed++
+		if err := decodeEntry(data, in, emit); err != nil && !errors.Is(err, errStopped) {
+			return fmt.Errorf("replay log entry %d: %w", i, err)
+		}
+		return err
+	})
+	if err == nil && len(batch) > 0 {
+		err = send()
+	}
+	if errors.Is(err, errStopped) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("replay log: %w", err)
+	}
+	return nil
+}
