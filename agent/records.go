@@ -2,8 +2,8 @@ package agent
 
 import (
 	"errors"
-	"slices"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -117,10 +117,15 @@ func (a *Agent) resolveRefs(txn *memdb.Txn, rec *protocol.Record) error {
 	}
 	if rec.Pledge != "" {
 		p, err := findPledge(txn, rec.Pledge)
-		if err != nil {
+		switch {
+		case err == nil:
+			rec.Pledge = p.ID
+		case errors.Is(err, ErrNotFound) && rec.Type != protocol.TypeConfirmation:
+			// A delivery may name a pledge from its waybill before the
+			// pledge reached this site; the hub matches it.
+		default:
 			return err
 		}
-		rec.Pledge = p.ID
 	}
 	return nil
 }

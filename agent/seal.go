@@ -2,6 +2,7 @@ package agent
 
 import (
 	"bytes"
+	"crypto/ed25519"
 	"encoding/base64"
 	"fmt"
 	"os"
@@ -81,6 +82,15 @@ func (a *Agent) sealOne() (bool, error) {
 	}
 	if last != nil {
 		m.Seq, m.PrevHash = last.Seq+1, last.Hash
+	}
+	if a.id.EnrolSecret != "" {
+		// Until the hub has accepted this agent, every bundle carries the
+		// enrolment, so the first contact may as well be a USB stick.
+		m.Enrol = &protocol.EnrolProof{
+			Secret:    a.id.EnrolSecret,
+			Key:       protocol.EncodePublicKey(a.key.Public().(ed25519.PublicKey)),
+			Recipient: a.ageID.Recipient().String(),
+		}
 	}
 	var buf bytes.Buffer
 	hash, err := protocol.SealBundle(&buf, m, recs, a.key, recipient)
@@ -202,8 +212,17 @@ func (a *Agent) applyDown(b *protocol.Bundle) error {
 		}
 		return nil
 	})
-	if err != nil || ackTo == 0 {
+	if err != nil {
 		return err
+	}
+	if a.id.EnrolSecret != "" {
+		// A bundle signed by the hub for this agent proves it was admitted.
+		if err := a.forgetEnrolSecret(); err != nil {
+			return err
+		}
+	}
+	if ackTo == 0 {
+		return nil
 	}
 	return a.markAcked(ackTo, "", "")
 }

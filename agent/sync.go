@@ -2,8 +2,8 @@ package agent
 
 import (
 	"bufio"
-	"context"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"

@@ -54,10 +54,24 @@ func (h *Hub) IntakeFile(path string) (Result, error) {
 	defer h.intakeMu.Unlock()
 
 	var sender *ledger.Agent
+	var newcomer bool
 	b, err := protocol.OpenBundle(f, h.ageID, func(m *protocol.Manifest) (ed25519.PublicKey, error) {
 		a, err := h.agent(m.From)
 		if err != nil {
 			return nil, err
+		}
+		if a == nil && m.Enrol != nil {
+			// A first contact by hand: check the enrolment now, admit the
+			// agent only once its signature has verified with this key.
+			err := h.led.Read(func(txn *memdb.Txn) error {
+				_, err := checkEnrolment(txn, m.From, m.Site, m.Enrol.Secret, m.Enrol.Recipient, h.now().UTC())
+				return err
+			})
+			if err != nil {
+				return nil, err
+			}
+			a = &ledger.Agent{ID: m.From, Site: m.Site, Key: m.Enrol.Key}
+			newcomer = true
 		}
 		if a == nil {
 			return nil, fmt.Errorf("agent %q is not enrolled at this hub", m.From)
@@ -65,6 +79,12 @@ func (h *Hub) IntakeFile(path string) (Result, error) {
 		sender = a
 		return base64.StdEncoding.DecodeString(a.Key)
 	})
+	if err == nil && newcomer {
+		err = h.admitByHand(b.Manifest)
+		if err == nil {
+			sender, err = h.agent(b.Manifest.From)
+		}
+	}
 	if err != nil {
 		kind := "other"
 		if be, ok := errors.AsType[*protocol.BundleError](err); ok {
@@ -316,4 +336,16 @@ func copyFile(src, dst string) error {
 func fileExists(p string) bool {
 	_, err := os.Stat(p)
 	return err == nil
+}
+
+// admitByHand stores an agent whose first bundle carried its enrolment.
+func (h *Hub) admitByHand(m protocol.Manifest) error {
+	return h.led.Write(func(tx *ledger.Txn) error {
+		a, err := admit(tx, m.From, m.Site, m.Enrol.Secret, m.Enrol.Key, m.Enrol.Recipient, h.now().UTC())
+		if err != nil {
+			return err
+		}
+		h.log.Info("agent enrolled by a bundle carried by hand", "agent", a.ID, "site", a.Site)
+		return tx.Put(ledger.TableAgents, a)
+	})
 }

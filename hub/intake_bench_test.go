@@ -43,8 +43,8 @@ func benchRecords(agent, site string, from uint64, n int) []protocol.Record {
 		recs[i] = protocol.Record{
 			ID: fmt.Sprintf("01JBENCH%018d", seq), Seq: seq, Agent: agent, Site: site, Type: protocol.TypeDelivery,
 			At: at.Add(time.Duration(seq) * time.Minute), Item: items[i%len(items)], Qty: int64(1 + i%4),
-			Serials:    []string{fmt.Sprintf("SN%08d-A", seq), fmt.Sprintf("SN%08d-B", seq)},
-			Condition:  protocol.ConditionOK, ReceivedBy: "O. Kovalenko", Waybill: fmt.Sprintf("WB-2026-%05d", seq/10),
+			Serials:   []string{fmt.Sprintf("SN%08d-A", seq), fmt.Sprintf("SN%08d-B", seq)},
+			Condition: protocol.ConditionOK, ReceivedBy: "O. Kovalenko", Waybill: fmt.Sprintf("WB-2026-%05d", seq/10),
 			Note: "received at the north gate, checked against the packing list",
 		}
 	}

@@ -194,34 +194,11 @@ func (h *Hub) authenticate(hello *protocol.Hello, peer ed25519.PublicKey) (*ledg
 				return &sessionError{protocol.CodeRevoked, "agent " + a.ID + " was revoked; ask the hub operator for a new enrolment"}
 			}
 		} else {
-			eobj, err := tx.First(ledger.TableEnrolments, ledger.IndexID, hello.Agent)
+			admitted, err := admit(tx, hello.Agent, hello.Site, hello.EnrolSecret, peerKey, hello.AgentRecipient, now)
 			if err != nil {
-				return err
+				return &sessionError{protocol.CodeUnauthenticated, err.Error()}
 			}
-			sum := sha256.Sum256([]byte(hello.EnrolSecret))
-			e, _ := eobj.(*ledger.Enrolment)
-			switch {
-			case e == nil || hello.EnrolSecret == "" ||
-				subtle.ConstantTimeCompare([]byte(e.SecretHash), []byte(hex.EncodeToString(sum[:]))) != 1:
-				return &sessionError{protocol.CodeUnauthenticated, "unknown agent: not enrolled at this hub"}
-			case !e.Used.IsZero():
-				return &sessionError{protocol.CodeUnauthenticated, "this enrolment was already used or cancelled; ask the hub operator for a new one"}
-			case now.After(e.Expires):
-				return &sessionError{protocol.CodeUnauthenticated, "this enrolment expired on " + e.Expires.Format(time.RFC3339) + "; ask the hub operator for a new one"}
-			case hello.Site != e.Site:
-				return &sessionError{protocol.CodeUnauthenticated, "enrolment is for another site"}
-			}
-			if _, err := age.ParseX25519Recipient(hello.AgentRecipient); err != nil {
-				if _, err2 := age.ParseHybridRecipient(hello.AgentRecipient); err2 != nil {
-					return &sessionError{protocol.CodeMalformed, "agent recipient is not an age recipient"}
-				}
-			}
-			used := *e
-			used.Used = now
-			if err := tx.Put(ledger.TableEnrolments, &used); err != nil {
-				return err
-			}
-			a = ledger.Agent{ID: hello.Agent, Site: e.Site, Key: peerKey, Recipient: hello.AgentRecipient, Enrolled: now}
+			a = *admitted
 			h.log.Info("agent enrolled", "agent", a.ID, "site", a.Site)
 		}
 		a.LastSeen = now
@@ -379,4 +356,46 @@ func parseRecipient(s string) (age.Recipient, error) {
 		return r, nil
 	}
 	return age.ParseX25519Recipient(s)
+}
+
+// admit enrols a new agent that presents the one-time secret of its
+// enrolment, burning the enrolment, and returns the agent to store. It is
+// shared by the first sync and by a first bundle carried by hand.
+func admit(tx *ledger.Txn, agentID, site, secret, key, recipient string, now time.Time) (*ledger.Agent, error) {
+	e, err := checkEnrolment(tx.Txn, agentID, site, secret, recipient, now)
+	if err != nil {
+		return nil, err
+	}
+	used := *e
+	used.Used = now
+	if err := tx.Put(ledger.TableEnrolments, &used); err != nil {
+		return nil, err
+	}
+	return &ledger.Agent{ID: agentID, Site: e.Site, Key: key, Recipient: recipient, Enrolled: now}, nil
+}
+
+// checkEnrolment finds the unused, unexpired enrolment of agentID whose
+// secret is secret.
+func checkEnrolment(txn *memdb.Txn, agentID, site, secret, recipient string, now time.Time) (*ledger.Enrolment, error) {
+	obj, err := txn.First(ledger.TableEnrolments, ledger.IndexID, agentID)
+	if err != nil {
+		return nil, err
+	}
+	sum := sha256.Sum256([]byte(secret))
+	e, _ := obj.(*ledger.Enrolment)
+	switch {
+	case e == nil || secret == "" ||
+		subtle.ConstantTimeCompare([]byte(e.SecretHash), []byte(hex.EncodeToString(sum[:]))) != 1:
+		return nil, fmt.Errorf("unknown agent %q: not enrolled at this hub", agentID)
+	case !e.Used.IsZero():
+		return nil, errors.New("this enrolment was already used or cancelled; ask the hub operator for a new one")
+	case now.After(e.Expires):
+		return nil, fmt.Errorf("this enrolment expired on %s; ask the hub operator for a new one", e.Expires.Format(time.RFC3339))
+	case site != e.Site:
+		return nil, fmt.Errorf("the enrolment is for site %s, not %s", e.Site, site)
+	}
+	if _, err := parseRecipient(recipient); err != nil {
+		return nil, errors.New("the agent's age recipient is not valid")
+	}
+	return e, nil
 }

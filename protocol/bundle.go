@@ -96,11 +96,24 @@ type Manifest struct {
 	// hub bundles.
 	PrevHash string    `json:"prev_hash,omitempty"`
 	Created  time.Time `json:"created"`
-	Count    int       `json:"count"`     // items in the body; SealBundle sets it
-	BodySize int64     `json:"body_size"` // compressed body bytes; SealBundle sets it
+	// Enrol is set by an agent that the hub may not know yet: its first
+	// contact can be a bundle carried by hand rather than a sync. The hub
+	// admits the agent with this proof before it verifies the signature.
+	Enrol    *EnrolProof `json:"enrol,omitempty"`
+	Count    int         `json:"count"`     // items in the body; SealBundle sets it
+	BodySize int64       `json:"body_size"` // compressed body bytes; SealBundle sets it
 	// RawBodySize is the body's size decompressed; SealBundle sets it. A
 	// reader stops decompressing at the first byte past it.
 	RawBodySize int64 `json:"raw_body_size"`
+}
+
+// EnrolProof carries an agent's enrolment inside its bundle: the one-time
+// secret from the enrolment file (confidential, as the bundle is encrypted
+// to the hub) and the keys the agent made at `agent init`.
+type EnrolProof struct {
+	Secret    string `json:"secret"`    // the enrolment file's one-time secret
+	Key       string `json:"key"`       // the agent's Ed25519 public key (EncodePublicKey)
+	Recipient string `json:"recipient"` // the agent's age recipient, for bundles sent down
 }
 
 // Bundle is a bundle opened and verified by [OpenBundle] or [DecodeSigned].
@@ -252,6 +265,20 @@ func (m *Manifest) Validate() error {
 	}
 	if m.RawBodySize < 0 || m.RawBodySize > MaxBodySize {
 		return fieldErr("raw_body_size", "must be between 0 and %d, got %d", MaxBodySize, m.RawBodySize)
+	}
+	if e := m.Enrol; e != nil {
+		if m.Kind != KindRecords {
+			return fieldErr("enrol", "only an agent's records bundle carries an enrolment")
+		}
+		if e.Secret == "" || len(e.Secret) > MaxSecretLen {
+			return fieldErr("enrol", "the secret must be 1 to %d bytes", MaxSecretLen)
+		}
+		if _, err := ParsePublicKey(e.Key); err != nil {
+			return fieldErr("enrol", "key: %v", err)
+		}
+		if e.Recipient == "" || len(e.Recipient) > MaxRecipientLen {
+			return fieldErr("enrol", "the recipient must be 1 to %d bytes", MaxRecipientLen)
+		}
 	}
 	switch m.Kind {
 	case KindRecords:

@@ -65,11 +65,16 @@ say "sync Kyiv and Lviv over QUIC"
 for s in kv017 lv004; do run "$bin/agent" --dir "$work/$s" sync; done
 
 say "Dnipro has no link: the engineer records offline and carries a USB stick"
-mkdir -p "$work/usb"
-run "$bin/agent" --dir "$work/dp011" record delivery --item "Starlink terminal" --qty 6 --pledge "$sat" --condition damaged --note "one dish cracked in transit" --received-by "P. Shevchenko"
-run "$bin/agent" --dir "$work/dp011" export --to "$work/usb"
-run "$bin/hub" --dir "$work/hub" import "$work"/usb/*.age --reply "$work/usb"
-run "$bin/agent" --dir "$work/dp011" import "$work"/usb/hub-to-*.age
+mkdir -p "$work/usb1" "$work/usb2"
+run "$bin/agent" --dir "$work/dp011" record delivery --item "Starlink terminal" --qty 6 --pledge "$sat" --received-by "P. Shevchenko" --note "one dish cracked in transit"
+run "$bin/agent" --dir "$work/dp011" export --to "$work/usb1"
+run "$bin/hub" --dir "$work/hub" import "$work/usb1" --reply "$work/usb1"
+run "$bin/agent" --dir "$work/dp011" import "$work"/usb1/hub-to-*.age
+say "the stick brought Dnipro its pledges: confirm, one terminal rejected as damaged"
+run "$bin/agent" --dir "$work/dp011" confirm "$sat" --qty 5 --rejected 1 --rejection damaged --received-by "P. Shevchenko" --role "shift engineer" --waybill "DHL-7731-UA"
+run "$bin/agent" --dir "$work/dp011" export --to "$work/usb2"
+run "$bin/hub" --dir "$work/hub" import "$work/usb2" --reply "$work/usb2"
+run "$bin/agent" --dir "$work/dp011" import "$work"/usb2/hub-to-*.age
 run "$bin/agent" --dir "$work/dp011" list
 
 say "the hub's aggregated picture"

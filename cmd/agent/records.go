@@ -95,6 +95,11 @@ func (inv *invocation) add(cmd *cobra.Command, rec protocol.Record, attach []str
 		return fmt.Errorf("record %s: %w", rec.Type, err)
 	}
 	fmt.Fprintln(cmd.OutOrStdout(), stored.ID)
+	if stored.Pledge != "" && stored.Type != protocol.TypeConfirmation {
+		if _, err := a.Pledge(stored.Pledge); err != nil {
+			fmt.Fprintf(cmd.ErrOrStderr(), "note: pledge %s has not reached this site yet; the hub will match it\n", stored.Pledge)
+		}
+	}
 	return nil
 }
 

@@ -126,4 +126,3 @@ func importCmd(inv *invocation) *cobra.Command {
 		},
 	}
 }
-

@@ -89,6 +89,7 @@ type Ledger struct {
 	failed    error      // set once the log failed: sticky
 	closed    bool
 	snapIndex uint64 // log index the newest snapshot covers
+	snapTried uint64 // log index the last background snapshot started at
 	snapping  bool   // a background snapshot is running
 
 	snapMu    sync.Mutex     // one snapshot at a time
@@ -136,6 +137,7 @@ func Open(dir string, opts Options) (*Ledger, error) {
 	l.committed = rec.log.LastIndex()
 	l.durable = l.committed
 	l.snapIndex = rec.snapIndex
+	l.snapTried = rec.snapIndex
 	lg.Info("ledger opened", "dir", dir, "snapshot_index", rec.snapIndex, "replayed", rec.replayed,
 		"torn_bytes", rec.log.Recovered().TornBytes, "took", time.Since(start).Round(time.Millisecond))
 	go l.flusher()
@@ -271,10 +273,12 @@ func (l *Ledger) commit(fn func(tx *Txn) error) (uint64, error) {
 	l.queue = append(l.queue, &pending{index: l.committed, data: tx.entry})
 	tx.Txn.Commit()
 	l.work.Signal()
-	if every := l.opts.SnapshotEvery; every > 0 && !l.snapping && l.committed-l.snapIndex >= uint64(every) {
+	if every := l.opts.SnapshotEvery; every > 0 && !l.snapping && l.committed-l.snapTried >= uint64(every) {
 		// In the background: a writer's acknowledgement must not wait for
-		// a snapshot of the whole state.
+		// a snapshot of the whole state. After a failed one, the next
+		// waits for another SnapshotEvery entries, not for the next write.
 		l.snapping = true
+		l.snapTried = l.committed
 		l.snapshots.Add(1)
 		go func() {
 			defer l.snapshots.Done()
