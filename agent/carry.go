@@ -7,6 +7,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"filippo.io/age"
+
 	"fieldsync/internal/atomicfile"
 	"fieldsync/protocol"
 )
@@ -39,7 +41,8 @@ func (a *Agent) Export(dir string) ([]string, error) {
 		}
 		out = append(out, dst)
 	}
-	return out, nil
+	blobs, err := a.exportBlobs(dir)
+	return append(out, blobs...), err
 }
 
 // Import applies a bundle the hub sent down, carried by hand: pledges,
@@ -72,4 +75,58 @@ func (a *Agent) openDown(r io.Reader) (*protocol.Bundle, error) {
 		}
 		return hubKey, nil
 	})
+}
+
+// exportBlobs writes the attachments the hub has not confirmed holding into
+// dir, each as an age file encrypted to the hub. The hub checks each against
+// the hash that the agent's signed records name.
+func (a *Agent) exportBlobs(dir string) ([]string, error) {
+	pending, err := a.pendingBlobs()
+	if err != nil {
+		return nil, err
+	}
+	recipient, err := age.ParseHybridRecipient(a.id.HubRecipient)
+	if err != nil {
+		return nil, fmt.Errorf("hub recipient in identity: %w", err)
+	}
+	var out []string
+	for _, b := range pending {
+		dst := filepath.Join(dir, a.id.AgentID+protocol.AttachmentFileInfix+b.Hash+".age")
+		if err := a.sealBlob(dst, b.Hash, recipient); err != nil {
+			return out, fmt.Errorf("export attachment %s: %w", b.Hash, err)
+		}
+		out = append(out, dst)
+	}
+	return out, nil
+}
+
+func (a *Agent) sealBlob(dst, sum string, to age.Recipient) error {
+	src, err := a.attachments.Open(sum)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	tmp, err := os.CreateTemp(filepath.Dir(dst), ".export-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	defer tmp.Close()
+	w, err := age.Encrypt(tmp, to)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(w, src); err != nil {
+		return err
+	}
+	if err := w.Close(); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), dst)
 }

@@ -21,7 +21,7 @@ import (
 // Backoff bounds for reconnecting to an unreachable hub.
 const (
 	MinBackoff = 2 * time.Second
-	MaxBackoff = 5 * time.Minute
+	MaxBackoff = 2 * time.Minute
 	// PollEvery is how often the daemon syncs with nothing to send, to fetch
 	// new pledges and feedback from the hub.
 	PollEvery = 10 * time.Minute

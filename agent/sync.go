@@ -87,7 +87,9 @@ func (a *Agent) sync(ctx context.Context, progress Progress) (SyncResult, error)
 	stop := context.AfterFunc(ctx, func() { conn.CloseWithError(0, "cancelled") })
 	defer stop()
 
-	r := bufio.NewReader(stream)
+	// Keep-alives hold the connection open even if the hub's side of the
+	// session hangs; a read deadline per message bounds that wait.
+	r := bufio.NewReader(deadlineReader{stream})
 	hello, err := a.hello()
 	if err != nil {
 		return res, err
@@ -126,8 +128,9 @@ func (a *Agent) sync(ctx context.Context, progress Progress) (SyncResult, error)
 	// Acknowledgements arrive while later bundles are still going out; a
 	// reader goroutine takes them so the link never idles waiting for one.
 	acks := make(chan error, 1)
+	needs := make(chan *protocol.BlobNeed, 1)
 	var wg sync.WaitGroup
-	wg.Go(func() { acks <- a.readAcks(r, stream, bundles, &res) })
+	wg.Go(func() { acks <- a.readAcks(r, stream, needs, &res) })
 	var sent int64
 	for _, b := range bundles {
 		offset := int64(0)
@@ -148,6 +151,14 @@ func (a *Agent) sync(ctx context.Context, progress Progress) (SyncResult, error)
 			return res, fmt.Errorf("send bundle %d: %w", b.Seq, err)
 		}
 		res.BundlesSent++
+	}
+	// Attachments after records: the records reach the hub first.
+	if n, err := a.sendBlobs(stream, needs, acks, progress); err != nil {
+		conn.CloseWithError(0, "")
+		wg.Wait()
+		return res, err
+	} else {
+		res.BytesSent += n
 	}
 	if err := protocol.WriteMessage(stream, &protocol.Done{}); err != nil {
 		return res, fmt.Errorf("send done: %w", err)
@@ -215,7 +226,7 @@ func (a *Agent) sendBundle(w io.Writer, b *ledger.Bundle, offset int64, progress
 
 // readAcks reads the hub's answers: one Ack per bundle, then what the hub
 // sends down, then its Bye.
-func (a *Agent) readAcks(r *bufio.Reader, w io.Writer, bundles []*ledger.Bundle, res *SyncResult) error {
+func (a *Agent) readAcks(r *bufio.Reader, w io.Writer, needs chan<- *protocol.BlobNeed, res *SyncResult) error {
 	for {
 		msg, err := protocol.ReadMessage(r)
 		if err != nil {
@@ -237,6 +248,15 @@ func (a *Agent) readAcks(r *bufio.Reader, w io.Writer, bundles []*ledger.Bundle,
 			}
 			res.DownApplied++
 			if err := protocol.WriteMessage(w, &protocol.DownAck{Seq: m.Seq}); err != nil {
+				return err
+			}
+		case *protocol.BlobNeed:
+			for _, ref := range m.Refused {
+				a.log.Warn("hub refused an attachment", "sha256", ref.Hash, "reason", ref.Reason)
+			}
+			needs <- m
+		case *protocol.BlobAck:
+			if err := a.blobDelivered(m); err != nil {
 				return err
 			}
 		case *protocol.Bye:
@@ -299,4 +319,16 @@ func (a *Agent) recordSyncOutcome(start time.Time, took time.Duration, syncErr e
 		}
 		return nil
 	})
+}
+
+// ReplyTimeout bounds the wait for each message from the hub. Applying a
+// full bundle takes the hub well under a second; the rest is the link.
+const ReplyTimeout = 5 * time.Minute
+
+// deadlineReader renews the stream's read deadline before every read.
+type deadlineReader struct{ s *quic.Stream }
+
+func (d deadlineReader) Read(p []byte) (int, error) {
+	d.s.SetReadDeadline(time.Now().Add(ReplyTimeout))
+	return d.s.Read(p)
 }

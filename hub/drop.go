@@ -89,7 +89,7 @@ func (h *Hub) watchDrop(ctx context.Context, dir string) error {
 // takeDropped applies one dropped file and moves it out of the way.
 func (h *Hub) takeDropped(dir, name string) {
 	path := filepath.Join(dir, name)
-	res, err := h.IntakeFile(path)
+	res, err := h.ImportFile(path)
 	if err == nil {
 		h.log.Info("dropped bundle taken", "file", name, "state", res.State, "agent", res.Agent, "bundle", res.Seq)
 		moveAside(path, filepath.Join(dir, "done"), "")

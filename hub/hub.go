@@ -13,6 +13,7 @@
 //	partial/           uploads in progress, kept across restarts so transfers resume
 //	bundles/           every bundle applied, as received
 //	quarantine/        bundles not applied, with the reason in the ledger
+//	attachments/       attached files sites sent, by SHA-256
 //	drop/              bundles carried by hand are dropped here
 package hub
 
@@ -32,6 +33,7 @@ import (
 	"filippo.io/age"
 
 	"fieldsync/internal/atomicfile"
+	"fieldsync/internal/blobstore"
 	"fieldsync/internal/ledger"
 	"fieldsync/protocol"
 )
@@ -46,6 +48,7 @@ const (
 	bundlesDir    = "bundles"
 	quarantineDir = "quarantine"
 	dropDir       = "drop"
+	attachDir     = "attachments"
 )
 
 // ErrNotInitialised is returned by Open when the directory holds no hub.
@@ -67,6 +70,7 @@ type Hub struct {
 	ageID *age.HybridIdentity
 	token string
 	led   *ledger.Ledger
+	blobs *blobstore.Store // attachments, by SHA-256
 	log   *slog.Logger
 	now   func() time.Time
 
@@ -183,7 +187,7 @@ func Open(dir string, opts Options) (*Hub, error) {
 	}
 	return &Hub{
 		dir: dir, info: info, key: key, ageID: ageID, token: string(trimSpace(tok)),
-		led: led, log: lg, now: time.Now, metrics: newMetrics(),
+		led: led, blobs: blobstore.New(filepath.Join(dir, attachDir)), log: lg, now: time.Now, metrics: newMetrics(),
 	}, nil
 }
 

@@ -12,8 +12,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"time"
 
 	"filippo.io/age"
@@ -102,7 +100,7 @@ func (h *Hub) session(ctx context.Context, conn *quic.Conn, stream *quic.Stream)
 	log := h.log.With("agent", a.ID, "site", a.Site)
 
 	ok2 := &protocol.HelloOK{Version: protocol.Version, HubHWM: a.BundleHWM}
-	if off := h.partialSize(a.ID, a.BundleHWM+1); off > 0 {
+	if off := h.partialSize(fmt.Sprintf("%s-%d", a.ID, a.BundleHWM+1)); off > 0 {
 		ok2.Partial = protocol.Partial{Seq: a.BundleHWM + 1, Offset: uint64(off)}
 	}
 	if err := protocol.WriteMessage(stream, ok2); err != nil {
@@ -110,60 +108,34 @@ func (h *Hub) session(ctx context.Context, conn *quic.Conn, stream *quic.Stream)
 	}
 	log.Info("sync session", "remote", conn.RemoteAddr().String(), "agent_hwm", hello.BundleHWM, "hub_hwm", a.BundleHWM)
 
-	// Uploads: chunks until Done.
-	var part *os.File
-	var partSeq uint64
-	defer func() {
-		if part != nil {
-			part.Close()
-		}
-	}()
+	// Uploads: bundles, then attachments, until Done.
+	up := &upload{h: h, agent: a, w: stream}
+	defer up.close()
 	for {
 		msg, err := protocol.ReadMessage(r)
 		if err != nil {
+			var me *protocol.MessageError
+			if errors.As(err, &me) {
+				return &sessionError{me.Code, me.Error()}
+			}
 			return fmt.Errorf("read from agent: %w", err)
+		}
+		switch m := msg.(type) {
+		case *protocol.Done:
+		case *protocol.Chunk:
+			err = up.chunk(m)
+		case *protocol.BlobQuery:
+			err = up.blobQuery(m)
+		case *protocol.BlobChunk:
+			err = up.blobChunk(m)
+		default:
+			err = &sessionError{protocol.CodeMalformed, fmt.Sprintf("expected chunk, blob or done, got %s", m.Type())}
+		}
+		if err != nil {
+			return err
 		}
 		if _, done := msg.(*protocol.Done); done {
 			break
-		}
-		c, ok := msg.(*protocol.Chunk)
-		if !ok {
-			return &sessionError{protocol.CodeMalformed, fmt.Sprintf("expected chunk or done, got %T", msg)}
-		}
-		if c.Total > protocol.MaxBundleSize {
-			return &sessionError{protocol.CodeTooLarge, fmt.Sprintf("bundle %d is %d bytes, over the %d-byte limit", c.Seq, c.Total, int64(protocol.MaxBundleSize))}
-		}
-		if part == nil || partSeq != c.Seq {
-			if part != nil {
-				part.Close()
-			}
-			part, err = h.openPartial(a.ID, c.Seq)
-			if err != nil {
-				return err
-			}
-			partSeq = c.Seq
-		}
-		if err := writeChunk(part, c); err != nil {
-			return &sessionError{protocol.CodeMalformed, err.Error()}
-		}
-		h.metrics.bytesReceived.Add(float64(len(c.Data)))
-		if !c.Final {
-			continue
-		}
-		path := part.Name()
-		part.Close()
-		part = nil
-		res, err := h.IntakeFile(path)
-		ack := &protocol.Ack{Seq: c.Seq, State: res.State, Reason: res.Reason}
-		var ie *IntakeError
-		if err != nil && !errors.As(err, &ie) {
-			return fmt.Errorf("intake bundle %d: %w", c.Seq, err)
-		}
-		// The partial file is done with whatever the outcome: an applied
-		// bundle is archived, a refused one must be sent anew.
-		os.Remove(path)
-		if err := protocol.WriteMessage(stream, ack); err != nil {
-			return err
 		}
 	}
 
@@ -207,47 +179,6 @@ func (h *Hub) authenticate(hello *protocol.Hello, peer ed25519.PublicKey) (*ledg
 		return tx.Put(ledger.TableAgents, &a)
 	})
 	return out, err
-}
-
-func (h *Hub) partialPath(agent string, seq uint64) string {
-	return filepath.Join(h.dir, partialDir, fmt.Sprintf("%s-%d.part", agent, seq))
-}
-
-func (h *Hub) partialSize(agent string, seq uint64) int64 {
-	st, err := os.Stat(h.partialPath(agent, seq))
-	if err != nil {
-		return 0
-	}
-	return st.Size()
-}
-
-func (h *Hub) openPartial(agent string, seq uint64) (*os.File, error) {
-	return os.OpenFile(h.partialPath(agent, seq), os.O_RDWR|os.O_CREATE, 0o600)
-}
-
-// writeChunk puts a chunk at its offset and syncs it: the partial file's size
-// is the durable resume point the hub reports at the next hello.
-func writeChunk(f *os.File, c *protocol.Chunk) error {
-	st, err := f.Stat()
-	if err != nil {
-		return err
-	}
-	if int64(c.Offset) > st.Size() {
-		return fmt.Errorf("chunk of bundle %d starts at %d but the hub holds only %d bytes", c.Seq, c.Offset, st.Size())
-	}
-	if c.Offset+uint64(len(c.Data)) > c.Total {
-		return fmt.Errorf("chunk of bundle %d runs past its stated size", c.Seq)
-	}
-	if err := f.Truncate(int64(c.Offset)); err != nil {
-		return err
-	}
-	if _, err := f.WriteAt(c.Data, int64(c.Offset)); err != nil {
-		return err
-	}
-	if c.Final && c.Offset+uint64(len(c.Data)) != c.Total {
-		return fmt.Errorf("final chunk of bundle %d ends at %d, not at its size %d", c.Seq, c.Offset+uint64(len(c.Data)), c.Total)
-	}
-	return f.Sync()
 }
 
 // sendDown sends what the agent has not yet acknowledged: its site's pledges,

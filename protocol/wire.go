@@ -62,11 +62,16 @@ const (
 	MsgDownAck    MessageType = 0x07 // agent → hub: a hub bundle is durably applied
 	MsgError      MessageType = 0x08 // either way: refusal; the sender closes the stream
 	MsgBye        MessageType = 0x09 // hub → agent: session over
+	MsgBlobQuery  MessageType = 0x0a // agent → hub: attachments the hub may lack
+	MsgBlobNeed   MessageType = 0x0b // hub → agent: the attachments to send, from which offset
+	MsgBlobChunk  MessageType = 0x0c // agent → hub: part of an attachment
+	MsgBlobAck    MessageType = 0x0d // hub → agent: an attachment is durably held, or refused
 )
 
 var msgNames = map[MessageType]string{
 	MsgHello: "hello", MsgHelloOK: "hello-ok", MsgChunk: "chunk", MsgDone: "done", MsgAck: "ack",
 	MsgDownBundle: "down-bundle", MsgDownAck: "down-ack", MsgError: "error", MsgBye: "bye",
+	MsgBlobQuery: "blob-query", MsgBlobNeed: "blob-need", MsgBlobChunk: "blob-chunk", MsgBlobAck: "blob-ack",
 }
 
 // String returns the message type's name as docs/protocol.md writes it.
@@ -82,6 +87,8 @@ func (t MessageType) maxPayload() int {
 	switch t {
 	case MsgChunk:
 		return maxChunkPayload
+	case MsgBlobChunk:
+		return maxChunkPayload + 32 // the attachment's SHA-256 instead of a seq
 	case MsgDownBundle:
 		return maxDownPayload
 	case MsgDone, MsgBye:
@@ -299,6 +306,30 @@ func AppendMessage(b []byte, m Message) ([]byte, error) {
 		}
 		payload = binary.AppendUvarint(payload, m.Seq)
 		payload = append(payload, m.Data...)
+	case *BlobChunk:
+		if err := m.validate(); err != nil {
+			return b, err
+		}
+		payload = append(payload, m.Hash[:]...)
+		payload = binary.AppendUvarint(payload, m.Offset)
+		payload = binary.AppendUvarint(payload, m.Total)
+		payload = append(payload, boolByte(m.Final))
+		payload = append(payload, m.Data...)
+	case *BlobAck:
+		c := *m
+		c.Reason = clipText(c.Reason, MaxNoteLen)
+		if err := c.validate(); err != nil {
+			return b, err
+		}
+		payload, _ = json.Marshal(&c)
+	case *BlobQuery, *BlobNeed:
+		if err := m.(interface{ validate() error }).validate(); err != nil {
+			return b, err
+		}
+		var err error
+		if payload, err = json.Marshal(m); err != nil {
+			return b, msgErr(t, CodeMalformed, "%v", err)
+		}
 	case *Done, *Bye:
 	case *Error:
 		c := *m
@@ -461,6 +492,8 @@ func decodePayload(t MessageType, p []byte) (Message, error) {
 			return nil, err
 		}
 		return c, nil
+	case MsgBlobChunk:
+		return decodeBlobChunk(p)
 	case MsgDownBundle:
 		seq, rest, ok := uvarint(p)
 		if !ok {
@@ -499,6 +532,12 @@ func decodePayload(t MessageType, p []byte) (Message, error) {
 		m = new(Ack)
 	case MsgDownAck:
 		m = new(DownAck)
+	case MsgBlobQuery:
+		m = new(BlobQuery)
+	case MsgBlobNeed:
+		m = new(BlobNeed)
+	case MsgBlobAck:
+		m = new(BlobAck)
 	case MsgError:
 		m = new(Error)
 	default:

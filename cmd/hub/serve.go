@@ -17,6 +17,7 @@ import (
 	"fieldsync/hub"
 	"fieldsync/internal/cli"
 	"fieldsync/internal/datadir"
+	"fieldsync/protocol"
 )
 
 func serveCmd(inv *invocation) *cobra.Command {
@@ -145,13 +146,17 @@ func importCmd(inv *invocation) *cobra.Command {
 			failed := 0
 			agents := map[string]bool{}
 			for _, f := range files {
-				res, err := h.IntakeFile(f)
+				res, err := h.ImportFile(f)
 				if err != nil {
 					failed++
 					fmt.Fprintf(cmd.ErrOrStderr(), "%s: %s: %s\n", f, res.State, res.Reason)
 					if res.State == "" {
 						fmt.Fprintf(cmd.ErrOrStderr(), "%s: %v\n", f, err)
 					}
+					continue
+				}
+				if res.Seq == 0 {
+					fmt.Fprintf(cmd.OutOrStdout(), "%s: %s attachment from %s\n", f, res.State, res.Agent)
 					continue
 				}
 				agents[res.Agent] = true
@@ -197,7 +202,15 @@ func expandBundles(s *cli.Session[*hub.Hub], args []string) ([]string, error) {
 		if err != nil {
 			return nil, err
 		}
-		sort.Strings(m)
+		// Bundles before attachments: the hub takes an attachment only
+		// once a record names it.
+		sort.Slice(m, func(i, j int) bool {
+			ai, aj := strings.Contains(filepath.Base(m[i]), protocol.AttachmentFileInfix), strings.Contains(filepath.Base(m[j]), protocol.AttachmentFileInfix)
+			if ai != aj {
+				return aj
+			}
+			return m[i] < m[j]
+		})
 		// Skip the bundles this hub wrote back for agents (--reply).
 		m = slices.DeleteFunc(m, func(f string) bool { return strings.HasPrefix(filepath.Base(f), hub.ReplyPrefix) })
 		if len(m) == 0 {

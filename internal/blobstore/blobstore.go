@@ -64,6 +64,20 @@ func (s *Store) Add(path string) (protocol.Attachment, error) {
 // Put stores the content of r under its hash. At most
 // protocol.MaxAttachmentSize bytes are accepted.
 func (s *Store) Put(name string, r io.Reader) (protocol.Attachment, error) {
+	return s.put(name, r, "")
+}
+
+// PutVerified stores the content of r only if its SHA-256 is sum: what
+// arrives from outside is kept under the hash it claims only once that claim
+// is checked.
+func (s *Store) PutVerified(r io.Reader, sum string) (protocol.Attachment, error) {
+	if _, err := s.Path(sum); err != nil {
+		return protocol.Attachment{}, err
+	}
+	return s.put(sum, r, sum)
+}
+
+func (s *Store) put(name string, r io.Reader, want string) (protocol.Attachment, error) {
 	if err := os.MkdirAll(s.dir, 0o700); err != nil {
 		return protocol.Attachment{}, err
 	}
@@ -81,13 +95,16 @@ func (s *Store) Put(name string, r io.Reader) (protocol.Attachment, error) {
 	if n > protocol.MaxAttachmentSize {
 		return protocol.Attachment{}, fmt.Errorf("file is larger than the %d-byte limit for attachments", int64(protocol.MaxAttachmentSize))
 	}
+	sum := hex.EncodeToString(h.Sum(nil))
+	if want != "" && sum != want {
+		return protocol.Attachment{}, fmt.Errorf("content has SHA-256 %s, not the %s it claims", sum, want)
+	}
 	if err := tmp.Sync(); err != nil {
 		return protocol.Attachment{}, err
 	}
 	if err := tmp.Close(); err != nil {
 		return protocol.Attachment{}, err
 	}
-	sum := hex.EncodeToString(h.Sum(nil))
 	dst, _ := s.Path(sum)
 	if err := os.MkdirAll(filepath.Dir(dst), 0o700); err != nil {
 		return protocol.Attachment{}, err

@@ -1,0 +1,229 @@
+package hub
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"regexp"
+
+	"filippo.io/age"
+	"github.com/hashicorp/go-memdb"
+
+	"fieldsync/internal/ledger"
+	"fieldsync/protocol"
+)
+
+// upload is what one sync session is receiving: bundles chunk by chunk, then
+// the attachments their records name. Each chunk is synced to a partial file
+// before the next is read, so the partial file's size is the durable offset
+// from which an interrupted upload resumes.
+type upload struct {
+	h     *Hub
+	agent *ledger.Agent
+	w     io.Writer
+
+	part    *os.File
+	partKey string
+
+	// wanted holds the attachments the agent's records name, by hash, with
+	// their sizes: the only attachments the hub takes from this agent.
+	wanted map[string]int64
+}
+
+func (u *upload) close() {
+	if u.part != nil {
+		u.part.Close()
+		u.part = nil
+	}
+}
+
+// partial opens (or keeps open) the partial file for key.
+func (u *upload) partial(key string) (*os.File, error) {
+	if u.part != nil && u.partKey == key {
+		return u.part, nil
+	}
+	u.close()
+	f, err := os.OpenFile(filepath.Join(u.h.dir, partialDir, key+".part"), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	u.part, u.partKey = f, key
+	return f, nil
+}
+
+// chunk takes part of a bundle; the last chunk hands the bundle to intake
+// and acknowledges it.
+func (u *upload) chunk(c *protocol.Chunk) error {
+	f, err := u.partial(fmt.Sprintf("%s-%d", u.agent.ID, c.Seq))
+	if err != nil {
+		return err
+	}
+	if err := writeAt(f, c.Offset, c.Data); err != nil {
+		return &sessionError{protocol.CodeMalformed, fmt.Sprintf("bundle %d: %v", c.Seq, err)}
+	}
+	u.h.metrics.bytesReceived.Add(float64(len(c.Data)))
+	if !c.Final {
+		return nil
+	}
+	path := f.Name()
+	u.close()
+	res, err := u.h.IntakeFile(path)
+	var ie *IntakeError
+	if err != nil && !errors.As(err, &ie) {
+		return fmt.Errorf("intake bundle %d: %w", c.Seq, err)
+	}
+	// The partial file is done with whatever the outcome: an applied
+	// bundle is archived, a refused one must be sent anew.
+	os.Remove(path)
+	return protocol.WriteMessage(u.w, &protocol.Ack{Seq: c.Seq, State: res.State, Reason: res.Reason})
+}
+
+// blobQuery answers which offered attachments the hub needs, and from where.
+func (u *upload) blobQuery(q *protocol.BlobQuery) error {
+	if u.wanted == nil {
+		w, err := u.h.attachmentsOf(u.agent.ID)
+		if err != nil {
+			return err
+		}
+		u.wanted = w
+	}
+	need := &protocol.BlobNeed{Blobs: []protocol.BlobWant{}}
+	for _, b := range q.Blobs {
+		switch size, ok := u.wanted[b.Hash]; {
+		case !ok || size != b.Size:
+			need.Refused = append(need.Refused, protocol.BlobAck{Hash: b.Hash, State: protocol.AckRefused,
+				Reason: "no record of this agent names this attachment with this size"})
+		case u.h.blobs.Has(b.Hash):
+			// Held already: not listed, so the agent counts it as delivered.
+		default:
+			need.Blobs = append(need.Blobs, protocol.BlobWant{Hash: b.Hash, Offset: u.h.partialSize("blob-" + b.Hash)})
+		}
+	}
+	return protocol.WriteMessage(u.w, need)
+}
+
+// blobChunk takes part of an attachment; the last chunk verifies the content
+// against its hash, stores it, and acknowledges it.
+func (u *upload) blobChunk(c *protocol.BlobChunk) error {
+	sum := c.HashHex()
+	if size, ok := u.wanted[sum]; !ok || uint64(size) != c.Total {
+		return &sessionError{protocol.CodeMalformed, fmt.Sprintf("attachment %s was not asked for", sum)}
+	}
+	f, err := u.partial("blob-" + sum)
+	if err != nil {
+		return err
+	}
+	if err := writeAt(f, c.Offset, c.Data); err != nil {
+		return &sessionError{protocol.CodeMalformed, fmt.Sprintf("attachment %s: %v", sum, err)}
+	}
+	u.h.metrics.bytesReceived.Add(float64(len(c.Data)))
+	if !c.Final {
+		return nil
+	}
+	path := f.Name()
+	u.close()
+	ack := &protocol.BlobAck{Hash: sum, State: protocol.AckApplied}
+	in, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	_, err = u.h.blobs.PutVerified(in, sum)
+	in.Close()
+	if err != nil {
+		ack.State, ack.Reason = protocol.AckRefused, err.Error()
+	}
+	os.Remove(path) // kept or refused, the partial upload is done
+	return protocol.WriteMessage(u.w, ack)
+}
+
+// attachmentsOf returns the attachments named by an agent's records.
+func (h *Hub) attachmentsOf(agentID string) (map[string]int64, error) {
+	out := map[string]int64{}
+	err := h.led.Read(func(txn *memdb.Txn) error {
+		it, err := txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, agentID, uint64(0))
+		if err != nil {
+			return err
+		}
+		for obj := it.Next(); obj != nil; obj = it.Next() {
+			r := obj.(*protocol.Record)
+			if r.Agent != agentID {
+				break
+			}
+			for _, a := range r.Attachments {
+				out[a.SHA256] = a.Size
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+func (h *Hub) partialSize(key string) int64 {
+	st, err := os.Stat(filepath.Join(h.dir, partialDir, key+".part"))
+	if err != nil {
+		return 0
+	}
+	return st.Size()
+}
+
+// writeAt puts data at offset in a partial file and syncs it. Data may
+// start before the end of what is held (a resend after an interruption),
+// never after it.
+func writeAt(f *os.File, offset uint64, data []byte) error {
+	st, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if int64(offset) > st.Size() {
+		return fmt.Errorf("data starts at %d but the hub holds only %d bytes", offset, st.Size())
+	}
+	if err := f.Truncate(int64(offset)); err != nil {
+		return err
+	}
+	if _, err := f.WriteAt(data, int64(offset)); err != nil {
+		return err
+	}
+	return f.Sync()
+}
+
+// attachmentFile matches AGENT-att-SHA256.age, an attachment carried by hand
+// (protocol.AttachmentFileInfix).
+var attachmentFile = regexp.MustCompile(`^(.+)` + protocol.AttachmentFileInfix + `([0-9a-f]{64})\.age$`)
+
+// ImportFile applies one file carried by hand: a bundle, or an attachment
+// named by the records of the agent its name gives.
+func (h *Hub) ImportFile(path string) (Result, error) {
+	m := attachmentFile.FindStringSubmatch(filepath.Base(path))
+	if m == nil {
+		return h.IntakeFile(path)
+	}
+	res := Result{File: filepath.Base(path), Agent: m[1]}
+	agentID, sum := m[1], m[2]
+	if h.blobs.Has(sum) {
+		res.State, res.Reason = protocol.AckDuplicate, "attachment "+sum[:12]+"… is held already"
+		return res, nil
+	}
+	wanted, err := h.attachmentsOf(agentID)
+	if err != nil {
+		return res, err
+	}
+	if _, ok := wanted[sum]; !ok {
+		return h.refuse(res, protocol.ReasonUnknownSender, fmt.Sprintf("no record of agent %s names attachment %s; import its bundles first", agentID, sum))
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return res, fmt.Errorf("open attachment %s: %w", path, err)
+	}
+	defer f.Close()
+	r, err := age.Decrypt(f, h.ageID)
+	if err != nil {
+		return h.refuse(res, protocol.ReasonNotForUs, fmt.Sprintf("attachment cannot be decrypted by this hub: %v", err))
+	}
+	if _, err := h.blobs.PutVerified(r, sum); err != nil {
+		return h.refuse(res, protocol.ReasonTampered, fmt.Sprintf("attachment %s: %v", sum, err))
+	}
+	res.State = protocol.AckApplied
+	return res, nil
+}
