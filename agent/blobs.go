@@ -58,8 +58,12 @@ func (a *Agent) pendingBlobs() ([]protocol.BlobRef, error) {
 }
 
 // sendBlobs offers pending attachments to the hub and sends those it needs,
-// resuming each from the offset the hub holds. It returns the bytes sent.
-func (a *Agent) sendBlobs(w io.Writer, needs <-chan *protocol.BlobNeed, readErr <-chan error, progress Progress) (int64, error) {
+// resuming each from the offset the hub holds, as far as budget bytes allow
+// (negative: no limit). It returns the bytes sent.
+func (a *Agent) sendBlobs(w io.Writer, needs <-chan *protocol.BlobNeed, readErr <-chan error, progress Progress, budget int64) (int64, error) {
+	if budget == 0 {
+		return 0, nil
+	}
 	pending, err := a.pendingBlobs()
 	if err != nil || len(pending) == 0 {
 		return 0, err
@@ -87,6 +91,9 @@ func (a *Agent) sendBlobs(w io.Writer, needs <-chan *protocol.BlobNeed, readErr 
 		}
 		for _, want := range need.Blobs {
 			delete(held, want.Hash)
+			if size := sizeOf(batch, want.Hash) - want.Offset; budget >= 0 && sent+size > budget {
+				continue // waits for a sync with budget left
+			}
 			n, err := a.sendBlob(w, want, func(done int64) {
 				if progress != nil {
 					progress(sent+done, total)
@@ -158,4 +165,13 @@ func (a *Agent) blobDelivered(ack *protocol.BlobAck) error {
 	return a.led.Write(func(tx *ledger.Txn) error {
 		return tx.Put(ledger.TableMeta, &ledger.Meta{Key: blobMetaPrefix + ack.Hash, Value: ack.State})
 	})
+}
+
+func sizeOf(refs []protocol.BlobRef, hash string) int64 {
+	for _, r := range refs {
+		if r.Hash == hash {
+			return r.Size
+		}
+	}
+	return 0
 }

@@ -33,6 +33,8 @@ type RunOptions struct {
 	// Settle is how long a dropped file must stay unchanged before it is
 	// taken (the inbox default if zero).
 	Settle time.Duration
+	// Sync tunes each sync: a daily link budget, records only.
+	Sync SyncOptions
 }
 
 // Run is the daemon: it watches the inbox, and syncs with the hub whenever
@@ -54,7 +56,7 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 
 	backoff := MinBackoff
 	for {
-		_, err := a.Sync(ctx, nil)
+		_, err := a.Sync(ctx, opts.Sync)
 		if ctx.Err() != nil {
 			return nil
 		}

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
+	"strconv"
 	"sync"
 	"time"
 
@@ -40,7 +42,13 @@ type SyncResult struct {
 	Resumed     int64         `json:"resumed_from"` // bytes of a partial upload the hub already had
 	DownApplied int           `json:"down_applied"`
 	Took        time.Duration `json:"took"`
+	LinkBytes   int64         `json:"link_bytes"`         // put on the link both ways, QUIC, TLS, UDP and IP included
+	Deferred    string        `json:"deferred,omitempty"` // why something was left for later (budget, records-only)
 }
+
+// udpIPHeader is what each QUIC packet costs on the link beyond its own
+// bytes: an IPv4 and a UDP header.
+const udpIPHeader = 28
 
 // Progress reports bytes moved during a long transfer.
 type Progress func(sent, total int64)
@@ -49,24 +57,44 @@ type Progress func(sent, total int64)
 // reconnect after an outage costs fewer round trips.
 var sessionCache = tls.NewLRUClientSessionCache(8)
 
+// SyncOptions tune one sync.
+type SyncOptions struct {
+	// Progress, if set, hears how the upload goes.
+	Progress Progress
+	// RecordsOnly leaves attachments for a later sync, on a better link.
+	RecordsOnly bool
+	// Budget caps the bytes put on the link per UTC day, both directions,
+	// all overhead included (0: no cap). A sync sends what fits, records
+	// first; the rest waits for tomorrow's budget.
+	Budget int64
+}
+
 // Sync seals pending records, connects to the hub once, uploads every bundle
-// the hub lacks (resuming a partial upload), takes what the hub sends down,
-// and records the outcome in the status. It returns an error if the hub could
-// not be reached or refused the session.
-func (a *Agent) Sync(ctx context.Context, progress Progress) (SyncResult, error) {
+// the hub lacks (resuming a partial upload) and then the attachments, takes
+// what the hub sends down, and records the outcome in the status. It
+// returns an error if the hub could not be reached or refused the session.
+func (a *Agent) Sync(ctx context.Context, opts SyncOptions) (SyncResult, error) {
 	start := a.now()
-	res, err := a.sync(ctx, progress)
+	res, err := a.sync(ctx, opts)
 	res.Took = a.now().Sub(start)
-	if serr := a.recordSyncOutcome(start, res.Took, err); serr != nil && err == nil {
+	if serr := a.recordSyncOutcome(start, res, err); serr != nil && err == nil {
 		err = serr
 	}
 	return res, err
 }
 
-func (a *Agent) sync(ctx context.Context, progress Progress) (SyncResult, error) {
-	var res SyncResult
+func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err error) {
+	progress := opts.Progress
 	if _, err := a.Seal(); err != nil {
 		return res, err
+	}
+	left, err := a.budgetLeft(opts.Budget)
+	if err != nil {
+		return res, err
+	}
+	if left <= 0 {
+		res.Deferred = "today's link budget is spent"
+		return res, nil
 	}
 	tlsConf, err := transport.ClientTLS(a.key, a.id.HubKeyPin, sessionCache)
 	if err != nil {
@@ -79,6 +107,10 @@ func (a *Agent) sync(ctx context.Context, progress Progress) (SyncResult, error)
 		return res, fmt.Errorf("reach hub %s: %w", a.id.HubAddr, err)
 	}
 	defer conn.CloseWithError(0, "")
+	defer func() {
+		st := conn.ConnectionStats()
+		res.LinkBytes = int64(st.BytesSent+st.BytesReceived) + int64(st.PacketsSent+st.PacketsReceived)*udpIPHeader
+	}()
 	stream, err := conn.OpenStreamSync(ctx)
 	if err != nil {
 		return res, fmt.Errorf("open stream to hub: %w", err)
@@ -138,6 +170,10 @@ func (a *Agent) sync(ctx context.Context, progress Progress) (SyncResult, error)
 			offset = int64(ok.Partial.Offset)
 			res.Resumed += offset
 		}
+		if opts.Budget > 0 && b.Size-offset > left-sent {
+			res.Deferred = fmt.Sprintf("bundle %d (%d bytes) does not fit in what is left of today's link budget", b.Seq, b.Size-offset)
+			break
+		}
 		n, err := a.sendBundle(stream, b, offset, func(done int64) {
 			if progress != nil {
 				progress(sent+offset+done, total)
@@ -153,7 +189,17 @@ func (a *Agent) sync(ctx context.Context, progress Progress) (SyncResult, error)
 		res.BundlesSent++
 	}
 	// Attachments after records: the records reach the hub first.
-	if n, err := a.sendBlobs(stream, needs, acks, progress); err != nil {
+	blobBudget := int64(-1)
+	if opts.Budget > 0 {
+		blobBudget = max(0, left-sent)
+	}
+	if res.Deferred != "" || opts.RecordsOnly {
+		blobBudget = 0
+		if pending, err := a.pendingBlobs(); err == nil && len(pending) > 0 && res.Deferred == "" {
+			res.Deferred = fmt.Sprintf("%d attachment(s): records only", len(pending))
+		}
+	}
+	if n, err := a.sendBlobs(stream, needs, acks, progress, blobBudget); err != nil {
 		conn.CloseWithError(0, "")
 		wg.Wait()
 		return res, err
@@ -301,8 +347,18 @@ func (a *Agent) oldestUnsynced(txn *memdb.Txn) (time.Time, error) {
 	return time.Time{}, nil
 }
 
-func (a *Agent) recordSyncOutcome(start time.Time, took time.Duration, syncErr error) error {
+func (a *Agent) recordSyncOutcome(start time.Time, res SyncResult, syncErr error) error {
 	return a.led.Write(func(tx *ledger.Txn) error {
+		if res.LinkBytes > 0 {
+			key := metaLinkBytes + start.UTC().Format(time.DateOnly)
+			used, err := metaInt(tx.Txn, key)
+			if err != nil {
+				return err
+			}
+			if err := tx.Put(ledger.TableMeta, &ledger.Meta{Key: key, Value: strconv.FormatInt(used+res.LinkBytes, 10)}); err != nil {
+				return err
+			}
+		}
 		if syncErr != nil {
 			if err := tx.Put(ledger.TableMeta, &ledger.Meta{Key: metaLastError, Value: syncErr.Error()}); err != nil {
 				return err
@@ -310,7 +366,7 @@ func (a *Agent) recordSyncOutcome(start time.Time, took time.Duration, syncErr e
 			return tx.Put(ledger.TableMeta, &ledger.Meta{Key: metaLastErrorAt, Value: start.UTC().Format(time.RFC3339)})
 		}
 		for k, v := range map[string]string{
-			metaLastSync: start.UTC().Format(time.RFC3339), metaLastSyncTook: took.Round(time.Millisecond).String(),
+			metaLastSync: start.UTC().Format(time.RFC3339), metaLastSyncTook: res.Took.Round(time.Millisecond).String(),
 			metaLastError: "", metaLastErrorAt: "",
 		} {
 			if err := tx.Put(ledger.TableMeta, &ledger.Meta{Key: k, Value: v}); err != nil {
@@ -321,11 +377,40 @@ func (a *Agent) recordSyncOutcome(start time.Time, took time.Duration, syncErr e
 	})
 }
 
+// metaLinkBytes + a UTC date counts the bytes syncs put on the link that day.
+const metaLinkBytes = "link_bytes:"
+
+// budgetLeft returns what today's link budget still allows (a large number
+// when there is no budget).
+func (a *Agent) budgetLeft(budget int64) (int64, error) {
+	if budget <= 0 {
+		return math.MaxInt64 / 2, nil
+	}
+	var used int64
+	err := a.led.Read(func(txn *memdb.Txn) error {
+		var err error
+		used, err = metaInt(txn, metaLinkBytes+a.now().UTC().Format(time.DateOnly))
+		return err
+	})
+	return budget - used, err
+}
+
+func metaInt(txn *memdb.Txn, key string) (int64, error) {
+	obj, err := txn.First(ledger.TableMeta, ledger.IndexID, key)
+	if err != nil || obj == nil {
+		return 0, err
+	}
+	n, _ := strconv.ParseInt(obj.(*ledger.Meta).Value, 10, 64)
+	return n, nil
+}
+
 // ReplyTimeout bounds the wait for each message from the hub. Applying a
 // full bundle takes the hub well under a second; the rest is the link.
 const ReplyTimeout = 5 * time.Minute
 
-// deadlineReader renews the stream's read deadline before every read.
+// deadlineReader renews the stream's read deadline before every read:
+// keep-alives hold a connection open even if the hub's side of the session
+// hangs.
 type deadlineReader struct{ s *quic.Stream }
 
 func (d deadlineReader) Read(p []byte) (int, error) {

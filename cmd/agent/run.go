@@ -54,5 +54,6 @@ to the daemon.`,
 	}
 	cmd.Flags().StringVar(&opts.Inbox, "inbox", "", "inbox folder (default DIR/inbox)")
 	cmd.Flags().DurationVar(&opts.Settle, "settle", 2*time.Second, "how long a dropped file must stay unchanged before it is taken")
+	syncFlags(cmd, &opts.Sync)
 	return cmd
 }

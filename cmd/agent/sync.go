@@ -2,10 +2,13 @@ package main
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"fieldsync/agent"
 	"fieldsync/internal/cli"
 	"fieldsync/internal/progress"
 )
@@ -54,7 +57,8 @@ func statusCmd(inv *invocation) *cobra.Command {
 }
 
 func syncCmd(inv *invocation) *cobra.Command {
-	return &cobra.Command{
+	var opts agent.SyncOptions
+	cmd := &cobra.Command{
 		Use:   "sync",
 		Short: "sync with the hub now, once; exits non-zero if the hub could not be reached",
 		Args:  cobra.NoArgs,
@@ -64,16 +68,65 @@ func syncCmd(inv *invocation) *cobra.Command {
 				return err
 			}
 			bar := progress.New(cmd.ErrOrStderr(), "upload")
-			res, err := a.Sync(cmd.Context(), bar.Update)
+			opts.Progress = bar.Update
+			res, err := a.Sync(cmd.Context(), opts)
 			bar.Done()
 			if err != nil {
 				return fmt.Errorf("sync: %w", err)
 			}
-			fmt.Fprintf(cmd.ErrOrStderr(), "synced with %s: %d bundle(s), %s sent, %d from hub, took %s\n",
-				a.Identity().HubAddr, res.BundlesSent, progress.Bytes(res.BytesSent), res.DownApplied, res.Took.Round(time.Millisecond))
+			if res.LinkBytes == 0 && res.Deferred != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "not synced: %s\n", res.Deferred)
+				return nil
+			}
+			fmt.Fprintf(cmd.ErrOrStderr(), "synced with %s: %d bundle(s), %s sent, %d from hub, %s on the link, took %s\n",
+				a.Identity().HubAddr, res.BundlesSent, progress.Bytes(res.BytesSent), res.DownApplied,
+				progress.Bytes(res.LinkBytes), res.Took.Round(time.Millisecond))
+			if res.Deferred != "" {
+				fmt.Fprintf(cmd.ErrOrStderr(), "left for later: %s\n", res.Deferred)
+			}
 			return nil
 		},
 	}
+	syncFlags(cmd, &opts)
+	return cmd
+}
+
+// syncFlags are the link-frugality flags of `sync` and `run`.
+func syncFlags(cmd *cobra.Command, opts *agent.SyncOptions) {
+	cmd.Flags().BoolVar(&opts.RecordsOnly, "records-only", false, "send records but leave attachments for a better link")
+	cmd.Flags().Var((*budgetFlag)(&opts.Budget), "budget", "cap on bytes put on the link per UTC day, e.g. 5MB/day (both directions, all overhead)")
+}
+
+// budgetFlag parses sizes like 5MB/day, 500kB, 1GB.
+type budgetFlag int64
+
+func (b *budgetFlag) String() string {
+	if *b == 0 {
+		return ""
+	}
+	return progress.Bytes(int64(*b)) + "/day"
+}
+
+func (b *budgetFlag) Type() string { return "SIZE/day" }
+
+func (b *budgetFlag) Set(s string) error {
+	v := strings.TrimSuffix(strings.ToLower(strings.TrimSpace(s)), "/day")
+	mult := int64(1)
+	for _, u := range []struct {
+		suffix string
+		n      int64
+	}{{"gb", 1 << 30}, {"mb", 1 << 20}, {"kb", 1 << 10}, {"g", 1 << 30}, {"m", 1 << 20}, {"k", 1 << 10}, {"b", 1}} {
+		if strings.HasSuffix(v, u.suffix) {
+			v, mult = strings.TrimSpace(strings.TrimSuffix(v, u.suffix)), u.n
+			break
+		}
+	}
+	n, err := strconv.ParseFloat(v, 64)
+	if err != nil || n < 0 {
+		return fmt.Errorf("%q is not a size per day such as 5MB/day", s)
+	}
+	*b = budgetFlag(n * float64(mult))
+	return nil
 }
 
 func exportCmd(inv *invocation) *cobra.Command {
