@@ -3,6 +3,7 @@ package hub
 import (
 	"bufio"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -12,6 +13,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"filippo.io/age"
@@ -185,31 +187,41 @@ func (h *Hub) authenticate(hello *protocol.Hello, peer ed25519.PublicKey) (*ledg
 // feedback on what it sent, and the acknowledgement point, as one bundle
 // signed by the hub and encrypted to the agent.
 func (h *Hub) sendDown(ctx context.Context, r *bufio.Reader, w io.Writer, agentID string) error {
-	data, d, err := h.downBundle(agentID, false)
-	if err != nil || data == nil {
-		return err
-	}
-	if err := protocol.WriteMessage(w, &protocol.DownBundle{Seq: d.seq, Data: data}); err != nil {
-		return err
-	}
-	msg, err := protocol.ReadMessage(r)
-	if err != nil {
-		return fmt.Errorf("read down ack: %w", err)
-	}
-	ack, ok := msg.(*protocol.DownAck)
-	if !ok || ack.Seq != d.seq {
-		return &sessionError{protocol.CodeMalformed, fmt.Sprintf("expected down ack %d, got %T", d.seq, msg)}
-	}
-	return h.led.Write(func(tx *ledger.Txn) error {
-		obj, err := tx.First(ledger.TableAgents, ledger.IndexID, agentID)
-		if err != nil || obj == nil {
+	for ctx.Err() == nil {
+		data, d, err := h.downBundle(agentID, false)
+		if err != nil || data == nil {
 			return err
 		}
-		a := *obj.(*ledger.Agent)
-		a.PledgeHWM, a.FeedbackHWM, a.DownSeq = max(a.PledgeHWM, d.pledgeHWM), max(a.FeedbackHWM, d.feedbackHWM), d.seq
-		return tx.Put(ledger.TableAgents, &a)
-	})
+		if err := protocol.WriteMessage(w, &protocol.DownBundle{Seq: d.seq, Data: data}); err != nil {
+			return err
+		}
+		msg, err := protocol.ReadMessage(r)
+		if err != nil {
+			return fmt.Errorf("read down ack: %w", err)
+		}
+		ack, ok := msg.(*protocol.DownAck)
+		if !ok || ack.Seq != d.seq {
+			return &sessionError{protocol.CodeMalformed, fmt.Sprintf("expected down ack %d, got %T", d.seq, msg)}
+		}
+		err = h.led.Write(func(tx *ledger.Txn) error {
+			obj, err := tx.First(ledger.TableAgents, ledger.IndexID, agentID)
+			if err != nil || obj == nil {
+				return err
+			}
+			a := *obj.(*ledger.Agent)
+			a.PledgeHWM, a.FeedbackHWM, a.DownSeq = max(a.PledgeHWM, d.pledgeHWM), max(a.FeedbackHWM, d.feedbackHWM), d.seq
+			return tx.Put(ledger.TableAgents, &a)
+		})
+		if err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
 }
+
+// MaxDownItems caps the pledges and feedback in one bundle sent down, well
+// inside protocol.MaxDownBundleSize; a backlog goes down in several.
+const MaxDownItems = 2000
 
 // down is what a bundle for an agent covers.
 type down struct {
@@ -234,22 +246,33 @@ func (h *Hub) downBundle(agentID string, all bool) ([]byte, down, error) {
 			pledgeFrom, fbFrom = 0, 0
 		}
 		d.pledgeHWM, d.feedbackHWM = a.PledgeHWM, a.FeedbackHWM
+		// Limit what one bundle carries, in change order, so that the
+		// high-water marks cover exactly what was sent; the rest follows in
+		// the next bundle.
+		room := MaxDownItems
+		if all {
+			room = protocol.MaxItems - 1
+		}
 		it, err := txn.Get(ledger.TablePledges, ledger.IndexSite, a.Site)
 		if err != nil {
 			return err
 		}
+		var changed []*protocol.Pledge
 		for obj := it.Next(); obj != nil; obj = it.Next() {
-			p := obj.(*protocol.Pledge)
-			if p.Seq > pledgeFrom {
-				items = append(items, protocol.DownItem{Pledge: p})
-				d.pledgeHWM = max(d.pledgeHWM, p.Seq)
+			if p := obj.(*protocol.Pledge); p.Seq > pledgeFrom {
+				changed = append(changed, p)
 			}
+		}
+		slices.SortFunc(changed, func(x, y *protocol.Pledge) int { return cmp.Compare(x.Seq, y.Seq) })
+		for _, p := range changed[:min(len(changed), room)] {
+			items = append(items, protocol.DownItem{Pledge: p})
+			d.pledgeHWM = max(d.pledgeHWM, p.Seq)
 		}
 		fit, err := txn.LowerBound(ledger.TableFeedback, ledger.IndexID, agentID, fbFrom+1)
 		if err != nil {
 			return err
 		}
-		for obj := fit.Next(); obj != nil; obj = fit.Next() {
+		for obj := fit.Next(); obj != nil && len(items) < room; obj = fit.Next() {
 			f := obj.(*ledger.Feedback)
 			if f.Agent != agentID {
 				break
