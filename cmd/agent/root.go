@@ -41,7 +41,7 @@ All state lives in one data directory (--dir, default $FIELDSYNC_DIR).`,
 				inv.logger = slog.New(slog.NewTextHandler(inv.stderr, &slog.HandlerOptions{Level: level}))
 			}
 			inv.session = &cli.Session[*agent.Agent]{
-				Dir: inv.dir, Args: inv.args, Cwd: inv.cwd, Stderr: cmd.ErrOrStderr(),
+				Dir: inv.dir, Args: inv.args, Cwd: inv.cwd, Stderr: cmd.ErrOrStderr(), Missing: agent.ErrNotInitialised,
 				Open: func(dir string) (*agent.Agent, error) {
 					return agent.Open(dir, agent.Options{Logger: inv.logger})
 				},

@@ -47,7 +47,7 @@ All state lives in one data directory (--dir, default $FIELDSYNC_DIR).`,
 				inv.logger = slog.New(slog.NewTextHandler(inv.stderr, &slog.HandlerOptions{Level: level}))
 			}
 			inv.session = &cli.Session[*hub.Hub]{
-				Dir: inv.dir, Args: inv.args, Cwd: inv.cwd, Stderr: cmd.ErrOrStderr(),
+				Dir: inv.dir, Args: inv.args, Cwd: inv.cwd, Stderr: cmd.ErrOrStderr(), Missing: hub.ErrNotInitialised,
 				Open: func(dir string) (*hub.Hub, error) { return hub.Open(dir, hub.Options{Logger: inv.logger}) },
 			}
 			if inv.held != nil {

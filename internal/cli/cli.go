@@ -83,7 +83,10 @@ type Session[T any] struct {
 	// Open opens the state once the lock is held.
 	Open func(dir string) (T, error)
 	// Held is set when the daemon runs this command on its open state.
-	Held    *T
+	Held *T
+	// Missing is the error for a data directory that does not exist: it
+	// tells the user how to create one.
+	Missing error
 	Stderr  io.Writer
 	lock    *datadir.Lock
 	opened  T
@@ -110,6 +113,9 @@ func (s *Session[T]) State(ctx context.Context, stdout io.Writer) (T, error) {
 	}
 	if s.hasOpen {
 		return s.opened, nil
+	}
+	if _, err := os.Stat(s.Dir); errors.Is(err, os.ErrNotExist) && s.Missing != nil {
+		return zero, fmt.Errorf("%s: %w", s.Dir, s.Missing)
 	}
 	lock, code, err := datadir.Acquire(ctx, s.Dir, datadir.Request{Args: s.Args, Dir: s.Cwd}, stdout, s.Stderr)
 	if err != nil {
@@ -147,6 +153,9 @@ func (s *Session[T]) Own() (T, error) {
 	var zero T
 	if s.Held != nil {
 		return zero, errors.New("the daemon is already running on this directory")
+	}
+	if _, err := os.Stat(s.Dir); errors.Is(err, os.ErrNotExist) && s.Missing != nil {
+		return zero, fmt.Errorf("%s: %w", s.Dir, s.Missing)
 	}
 	lock, err := datadir.TryLock(s.Dir)
 	if err != nil {
