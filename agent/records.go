@@ -343,6 +343,8 @@ func (a *Agent) Records(pending bool) ([]RecordView, error) {
 				return err
 			} else if fb != nil {
 				v.HubState, v.HubReason = fb.(*ledger.Feedback).State, fb.(*ledger.Feedback).Reason
+			} else {
+				v.HubState, v.HubReason = st.note(rec.Seq)
 			}
 			out = append(out, v)
 		}
@@ -356,6 +358,19 @@ type syncPoints struct {
 	acked   uint64           // highest record seq acknowledged by the hub
 	sealed  uint64           // highest record seq sealed into a bundle
 	bundles []*ledger.Bundle // sealed, unacknowledged bundles
+	notes   []*ledger.Bundle // acknowledged bundles the hub did not simply apply
+}
+
+// note returns what the hub said of the bundle that carried record seq, if
+// it did not simply apply it: "quarantined", "agent … was revoked".
+func (s syncPoints) note(seq uint64) (state, reason string) {
+	for _, b := range s.notes {
+		if seq >= b.FirstSeq && seq <= b.LastSeq {
+			state, reason, _ = strings.Cut(b.Reason, ": ")
+			return state, reason
+		}
+	}
+	return "", ""
 }
 
 func (s syncPoints) state(seq uint64) (string, uint64) {
@@ -388,6 +403,9 @@ func (a *Agent) syncPoints(txn *memdb.Txn) (syncPoints, error) {
 		s.sealed = max(s.sealed, b.LastSeq)
 		if b.State == ledger.BundleAcked {
 			s.acked = max(s.acked, b.LastSeq)
+			if b.Reason != "" {
+				s.notes = append(s.notes, b)
+			}
 		} else {
 			s.bundles = append(s.bundles, b)
 		}

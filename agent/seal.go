@@ -158,7 +158,7 @@ func (a *Agent) markAcked(upTo uint64, state, reason string) error {
 		}
 		for _, b := range todo {
 			b.State, b.Updated = ledger.BundleAcked, now
-			if b.Seq == upTo && reason != "" {
+			if b.Seq == upTo && state != "" && state != protocol.AckApplied && state != protocol.AckDuplicate {
 				b.Reason = state + ": " + reason
 			}
 			if err := tx.Put(ledger.TableBundles, &b); err != nil {
