@@ -32,12 +32,8 @@ func (a *Agent) Export(dir string) ([]string, error) {
 	for _, b := range bundles {
 		src := a.outboxPath(b.Seq)
 		dst := filepath.Join(dir, filepath.Base(src))
-		data, err := os.ReadFile(src)
-		if err != nil {
-			return out, fmt.Errorf("read sealed bundle %d: %w", b.Seq, err)
-		}
-		if err := atomicfile.Write(dst, data, 0o600); err != nil {
-			return out, err
+		if err := atomicfile.Copy(dst, src, 0o600); err != nil {
+			return out, fmt.Errorf("export bundle %d: %w", b.Seq, err)
 		}
 		out = append(out, dst)
 	}

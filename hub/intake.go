@@ -326,11 +326,7 @@ func (w *feedbackWriter) add(record, state, reason string) error {
 }
 
 func copyFile(src, dst string) error {
-	data, err := os.ReadFile(src)
-	if err != nil {
-		return err
-	}
-	return atomicfile.Write(dst, data, 0o600)
+	return atomicfile.Copy(dst, src, 0o600)
 }
 
 func fileExists(p string) bool {

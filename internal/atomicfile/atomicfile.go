@@ -3,7 +3,9 @@
 package atomicfile
 
 import (
+	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -12,6 +14,21 @@ import (
 // Write replaces path with data: a temporary file beside it is written,
 // synced and renamed over path, and the directory is synced.
 func Write(path string, data []byte, perm os.FileMode) error {
+	return WriteFrom(path, bytes.NewReader(data), perm)
+}
+
+// Copy replaces dst with a copy of the file src, streamed, as Write does.
+func Copy(dst, src string, perm os.FileMode) error {
+	f, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("copy %s: %w", src, err)
+	}
+	defer f.Close()
+	return WriteFrom(dst, f, perm)
+}
+
+// WriteFrom replaces path with what r yields, streamed, as Write does.
+func WriteFrom(path string, r io.Reader, perm os.FileMode) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
@@ -22,7 +39,7 @@ func Write(path string, data []byte, perm os.FileMode) error {
 		err = nil // Windows has no Unix modes; the ACL of the directory applies
 	}
 	if err == nil {
-		_, err = tmp.Write(data)
+		_, err = io.Copy(tmp, r)
 	}
 	if err == nil {
 		err = tmp.Sync()
