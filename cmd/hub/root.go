@@ -39,7 +39,11 @@ exactly once, and shows what was pledged, received, confirmed and disputed.
 
 All state lives in one data directory (--dir, default $FIELDSYNC_DIR).`,
 		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
+			// Daemons say what they do; one-shot commands only what went wrong.
 			level := slog.LevelWarn
+			if cmd.Name() == "serve" || cmd.Name() == "run" {
+				level = slog.LevelInfo
+			}
 			if inv.verbose {
 				level = slog.LevelDebug
 			}
