@@ -22,6 +22,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"filippo.io/age"
@@ -73,6 +74,16 @@ type Agent struct {
 	attachments *blobstore.Store
 	log         *slog.Logger
 	now         func() time.Time
+
+	// mu guards id.EnrolSecret, the one field of id that changes once the
+	// agent is open; the daemon serves other commands on the same Agent.
+	mu sync.Mutex
+	// sealMu makes sealing one at a time, so that each bundle number is
+	// given to one set of records and one outbox file.
+	sealMu sync.Mutex
+	// syncing holds a token while a sync runs: two sessions at once would
+	// upload the same bundle into the same partial file at the hub.
+	syncing chan struct{}
 }
 
 // Options configure Open.
@@ -119,6 +130,7 @@ func Open(dir string, opts Options) (*Agent, error) {
 		attachments: blobstore.New(filepath.Join(dir, attachDir)),
 		log:         lg.With("agent", id.AgentID, "site", id.Site),
 		now:         time.Now,
+		syncing:     make(chan struct{}, 1),
 	}, nil
 }
 
@@ -126,7 +138,19 @@ func Open(dir string, opts Options) (*Agent, error) {
 func (a *Agent) Close() error { return a.led.Close() }
 
 // Identity returns who this agent is.
-func (a *Agent) Identity() Identity { return a.id }
+func (a *Agent) Identity() Identity {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.id
+}
+
+// enrolSecret returns the one-time enrolment secret, or "" once the hub has
+// accepted the agent.
+func (a *Agent) enrolSecret() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.id.EnrolSecret
+}
 
 // Dir returns the data directory.
 func (a *Agent) Dir() string { return a.dir }

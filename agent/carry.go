@@ -2,8 +2,10 @@ package agent
 
 import (
 	"crypto/ed25519"
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -33,6 +35,9 @@ func (a *Agent) Export(dir string) ([]string, error) {
 		src := a.outboxPath(b.Seq)
 		dst := filepath.Join(dir, filepath.Base(src))
 		if err := atomicfile.Copy(dst, src, 0o600); err != nil {
+			if acked, aerr := a.acked(b.Seq); errors.Is(err, fs.ErrNotExist) && aerr == nil && acked {
+				continue // a sync running meanwhile delivered it
+			}
 			return out, fmt.Errorf("export bundle %d: %w", b.Seq, err)
 		}
 		out = append(out, dst)

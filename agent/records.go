@@ -28,14 +28,20 @@ func (a *Agent) Add(rec protocol.Record, attach []string) (protocol.Record, erro
 	return recs[0], nil
 }
 
-// AddBatch stores several records at once, all or none. With a non-empty
-// key, a batch stored before under the same key is not stored again: its
-// records are returned instead, so a file taken from the inbox twice (after
-// a crash between storing and moving it) yields its records once.
+// AddBatch stores several records at once, all or none. attach[i] lists
+// the files to attach to recs[i]; attach may be shorter than recs, or nil.
+// With a non-empty key, a batch stored before under the same key is not
+// stored again: its records are returned instead, so a file taken from the
+// inbox twice (after a crash between storing and moving it) yields its
+// records once.
 func (a *Agent) AddBatch(recs []protocol.Record, attach [][]string, key string) ([]protocol.Record, error) {
 	recs = slices.Clone(recs)
 	for i := range recs {
-		for _, path := range attach[i] {
+		var files []string
+		if i < len(attach) {
+			files = attach[i]
+		}
+		for _, path := range files {
 			att, err := a.attachments.Add(path)
 			if err != nil {
 				return nil, err
@@ -300,12 +306,11 @@ const (
 // sync state and what the hub said about it.
 type RecordView struct {
 	protocol.Record
-	Voided         bool   `json:"voided,omitempty"`
-	Sync           string `json:"sync"`
-	Bundle         uint64 `json:"bundle,omitempty"`
-	HubState       string `json:"hub_state,omitempty"`
-	HubReason      string `json:"hub_reason,omitempty"`
-	OriginalRecord string `json:"-"`
+	Voided    bool   `json:"voided,omitempty"`
+	Sync      string `json:"sync"`
+	Bundle    uint64 `json:"bundle,omitempty"`
+	HubState  string `json:"hub_state,omitempty"`
+	HubReason string `json:"hub_reason,omitempty"`
 }
 
 // Records lists local records in sequence order; with pending set, only those

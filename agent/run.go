@@ -63,8 +63,8 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 		wait := PollEvery
 		if err != nil {
 			a.log.Warn("sync failed", "err", err, "retry_in", backoff)
-			// Full jitter: sites that lost the hub together do not all
-			// come back at the same instant.
+			// Jitter over the upper half of the backoff: sites that lost
+			// the hub together do not all come back at the same instant.
 			wait = backoff/2 + rand.N(backoff/2+1)
 			backoff = min(backoff*2, MaxBackoff)
 		} else {
@@ -75,15 +75,16 @@ func (a *Agent) Run(ctx context.Context, opts RunOptions) error {
 			return fmt.Errorf("inbox: %w", err)
 		default:
 		}
-		if err := a.waitForWork(ctx, wait); err != nil {
+		if err := a.waitForWork(ctx, wait, err != nil); err != nil {
 			return nil
 		}
 	}
 }
 
 // waitForWork blocks until a new record is stored, the wait passes or ctx
-// ends.
-func (a *Agent) waitForWork(ctx context.Context, wait time.Duration) error {
+// ends. Records stored while the last sync ran end the wait at once, unless
+// that sync failed (backingOff).
+func (a *Agent) waitForWork(ctx context.Context, wait time.Duration, backingOff bool) error {
 	ws := memdb.NewWatchSet()
 	var pending bool
 	err := a.led.Read(func(txn *memdb.Txn) error {
@@ -107,6 +108,9 @@ func (a *Agent) waitForWork(ctx context.Context, wait time.Duration) error {
 	if pending {
 		// Something arrived while the last sync ran; but after a failure,
 		// still honour the backoff.
+		if !backingOff {
+			return ctx.Err()
+		}
 		ws = memdb.NewWatchSet()
 	}
 	wctx, cancel := context.WithTimeout(ctx, wait)

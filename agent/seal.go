@@ -24,6 +24,8 @@ const MaxRecordsPerBundle = 10_000
 // Seal seals every pending record into bundles in the outbox and returns how
 // many bundles it made. A sealed bundle is durable before Seal records it.
 func (a *Agent) Seal() (int, error) {
+	a.sealMu.Lock()
+	defer a.sealMu.Unlock()
 	n := 0
 	for {
 		made, err := a.sealOne()
@@ -83,11 +85,11 @@ func (a *Agent) sealOne() (bool, error) {
 	if last != nil {
 		m.Seq, m.PrevHash = last.Seq+1, last.Hash
 	}
-	if a.id.EnrolSecret != "" {
+	if secret := a.enrolSecret(); secret != "" {
 		// Until the hub has accepted this agent, every bundle carries the
 		// enrolment, so the first contact may as well be a USB stick.
 		m.Enrol = &protocol.EnrolProof{
-			Secret:    a.id.EnrolSecret,
+			Secret:    secret,
 			Key:       protocol.EncodePublicKey(a.key.Public().(ed25519.PublicKey)),
 			Recipient: a.ageID.Recipient().String(),
 		}
@@ -139,6 +141,19 @@ func (a *Agent) unacked() ([]*ledger.Bundle, error) {
 		return err
 	})
 	return out, err
+}
+
+// acked reports whether the hub has acknowledged bundle seq.
+func (a *Agent) acked(seq uint64) (bool, error) {
+	var ok bool
+	err := a.led.Read(func(txn *memdb.Txn) error {
+		obj, err := txn.First(ledger.TableBundles, ledger.IndexID, a.id.AgentID, seq)
+		if b, isBundle := obj.(*ledger.Bundle); isBundle {
+			ok = b.State == ledger.BundleAcked
+		}
+		return err
+	})
+	return ok, err
 }
 
 // markAcked records that the hub durably holds every bundle up to seq.
@@ -215,16 +230,20 @@ func (a *Agent) applyDown(b *protocol.Bundle) error {
 	if err != nil {
 		return err
 	}
-	if a.id.EnrolSecret != "" {
-		// A bundle signed by the hub for this agent proves it was admitted.
-		if err := a.forgetEnrolSecret(); err != nil {
-			return err
-		}
+	// A bundle signed by the hub for this agent proves it was admitted.
+	if err := a.forgetEnrolSecret(); err != nil {
+		return err
 	}
 	if ackTo == 0 {
 		return nil
 	}
-	return a.markAcked(ackTo, "", "")
+	if err := a.markAcked(ackTo, "", ""); err != nil {
+		return err
+	}
+	// A site that only carries bundles by hand never syncs: this is where
+	// its outbox is emptied.
+	a.removeOutbox(ackTo)
+	return nil
 }
 
 // hubKey returns the hub's signing key from the identity.

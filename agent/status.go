@@ -34,7 +34,7 @@ type Status struct {
 // Status reports what is waiting to sync and how the last sync went.
 func (a *Agent) Status() (Status, error) {
 	s := Status{Agent: a.id.AgentID, Site: a.id.Site, SiteName: a.id.SiteName, Hub: a.id.HubAddr,
-		HubFingerprint: a.id.HubKeyPin, Enrolled: a.id.EnrolSecret == ""}
+		HubFingerprint: a.id.HubKeyPin, Enrolled: a.enrolSecret() == ""}
 	err := a.led.Read(func(txn *memdb.Txn) error {
 		pts, err := a.syncPoints(txn)
 		if err != nil {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -73,7 +74,14 @@ type SyncOptions struct {
 // the hub lacks (resuming a partial upload) and then the attachments, takes
 // what the hub sends down, and records the outcome in the status. It
 // returns an error if the hub could not be reached or refused the session.
+// A sync started while another runs waits for it to end.
 func (a *Agent) Sync(ctx context.Context, opts SyncOptions) (SyncResult, error) {
+	select {
+	case a.syncing <- struct{}{}:
+		defer func() { <-a.syncing }()
+	case <-ctx.Done():
+		return SyncResult{}, fmt.Errorf("wait for the sync in progress: %w", ctx.Err())
+	}
 	start := a.now()
 	res, err := a.sync(ctx, opts)
 	res.Took = a.now().Sub(start)
@@ -137,10 +145,8 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 	if !isOK {
 		return res, hubError(msg)
 	}
-	if a.id.EnrolSecret != "" {
-		if err := a.forgetEnrolSecret(); err != nil {
-			return res, err
-		}
+	if err := a.forgetEnrolSecret(); err != nil {
+		return res, err
 	}
 	if ok.HubHWM > 0 {
 		if err := a.markAcked(ok.HubHWM, "", ""); err != nil {
@@ -207,6 +213,9 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 		res.BytesSent += n
 	}
 	if err := protocol.WriteMessage(stream, &protocol.Done{}); err != nil {
+		// The reader must end before res is returned: it writes to it.
+		conn.CloseWithError(0, "")
+		wg.Wait()
 		return res, fmt.Errorf("send done: %w", err)
 	}
 	wg.Wait()
@@ -222,7 +231,7 @@ func (a *Agent) hello() (*protocol.Hello, error) {
 		Version:        protocol.Version,
 		Agent:          a.id.AgentID,
 		Site:           a.id.Site,
-		EnrolSecret:    a.id.EnrolSecret,
+		EnrolSecret:    a.enrolSecret(),
 		AgentRecipient: a.ageID.Recipient().String(),
 	}
 	err := a.led.Read(func(txn *memdb.Txn) error {
@@ -258,6 +267,10 @@ func (a *Agent) sendBundle(w io.Writer, b *ledger.Bundle, offset int64, progress
 			return sent, err
 		}
 		final := off+int64(n) >= b.Size
+		if err != nil && !final {
+			// Without this, a short file would be sent as empty chunks forever.
+			return sent, fmt.Errorf("outbox file %s ends at byte %d, before the %d bytes sealed", filepath.Base(f.Name()), off+int64(n), b.Size)
+		}
 		if err := protocol.WriteMessage(w, &protocol.Chunk{Seq: b.Seq, Offset: uint64(off), Total: uint64(b.Size), Final: final, Data: buf[:n]}); err != nil {
 			return sent, err
 		}
@@ -280,6 +293,16 @@ func (a *Agent) readAcks(r *bufio.Reader, w io.Writer, needs chan<- *protocol.Bl
 		}
 		switch m := msg.(type) {
 		case *protocol.Ack:
+			switch m.State {
+			case protocol.AckRefused:
+				// The hub did not keep it and the same bytes will not do:
+				// keep the records unsynced and say so.
+				return fmt.Errorf("hub refused bundle %d: %s", m.Seq, m.Reason)
+			case protocol.AckHeld:
+				// Kept, but applied only once the bundles before it arrive:
+				// not acknowledged yet.
+				continue
+			}
 			if err := a.markAcked(m.Seq, m.State, m.Reason); err != nil {
 				return err
 			}
@@ -323,12 +346,18 @@ func hubError(msg protocol.Message) error {
 // forgetEnrolSecret drops the one-time secret once the hub has accepted the
 // agent: it is burnt at the hub and worthless to anyone who finds it here.
 func (a *Agent) forgetEnrolSecret() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.id.EnrolSecret == "" {
+		return nil
+	}
 	id := a.id
 	id.EnrolSecret = ""
 	if err := writeIdentity(a.dir, id); err != nil {
 		return err
 	}
-	a.id = id
+	// Only this field changes: other fields of a.id are read without mu.
+	a.id.EnrolSecret = ""
 	return nil
 }
 

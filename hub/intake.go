@@ -98,10 +98,10 @@ func (h *Hub) IntakeFile(path string) (Result, error) {
 		return h.refuse(res, protocol.ReasonMalformed, fmt.Sprintf("a %q bundle is not for the hub", m.Kind))
 	}
 	if sender.IsRevoked() {
-		return h.quarantine(path, res, b, fmt.Sprintf("agent %s was revoked on %s", sender.ID, sender.Revoked.Format(time.RFC3339)))
+		return h.quarantine(path, res, b, inChain(sender, m), fmt.Sprintf("agent %s was revoked on %s", sender.ID, sender.Revoked.Format(time.RFC3339)))
 	}
 	if m.Site != sender.Site {
-		return h.quarantine(path, res, b, fmt.Sprintf("bundle claims site %q but agent %s is enrolled for %q", m.Site, sender.ID, sender.Site))
+		return h.quarantine(path, res, b, inChain(sender, m), fmt.Sprintf("bundle claims site %q but agent %s is enrolled for %q", m.Site, sender.ID, sender.Site))
 	}
 	switch {
 	case m.Seq <= sender.BundleHWM:
@@ -110,14 +110,14 @@ func (h *Hub) IntakeFile(path string) (Result, error) {
 			return res, err
 		}
 		if prev != nil && prev.Hash != b.Hash {
-			return h.quarantine(path, res, b, fmt.Sprintf("bundle %d from %s differs from the one already applied (replayed or forged)", m.Seq, m.From))
+			return h.quarantine(path, res, b, false, fmt.Sprintf("bundle %d from %s differs from the one already applied (replayed or forged)", m.Seq, m.From))
 		}
 		res.State, res.Reason = protocol.AckDuplicate, fmt.Sprintf("bundle %d was applied before; nothing changed", m.Seq)
 		return res, nil
 	case m.Seq > sender.BundleHWM+1:
 		return h.hold(path, res, sender)
 	case m.PrevHash != sender.LastHash:
-		return h.quarantine(path, res, b, fmt.Sprintf("bundle %d does not follow bundle %d from %s (hash chain broken)", m.Seq, sender.BundleHWM, m.From))
+		return h.quarantine(path, res, b, false, fmt.Sprintf("bundle %d does not follow bundle %d from %s (hash chain broken)", m.Seq, sender.BundleHWM, m.From))
 	}
 
 	if err := h.archive(path, m.From, m.Seq); err != nil {
@@ -127,7 +127,7 @@ func (h *Hub) IntakeFile(path string) (Result, error) {
 	if err != nil {
 		var ie *IntakeError
 		if errors.As(err, &ie) {
-			return h.quarantine(path, res, b, ie.Result.Reason)
+			return h.quarantine(path, res, b, true, ie.Result.Reason)
 		}
 		return res, err
 	}
@@ -214,9 +214,17 @@ func (h *Hub) refuse(res Result, kind, reason string) (Result, error) {
 	return res, &IntakeError{Result: res}
 }
 
+// inChain reports whether m is the next bundle of the agent's chain.
+func inChain(a *ledger.Agent, m protocol.Manifest) bool {
+	return m.Seq == a.BundleHWM+1 && m.PrevHash == a.LastHash
+}
+
 // quarantine keeps an authentic bundle that must not be applied, with its
-// reason, and tells the agent why at its next sync.
-func (h *Hub) quarantine(path string, res Result, b *protocol.Bundle, reason string) (Result, error) {
+// reason, and tells the agent why at its next sync. A quarantined bundle that
+// is the next of its agent's chain moves the chain on (advance), so that
+// what the agent sends after it is not held behind it forever; one that
+// conflicts with the chain (a replay, a fork) does not.
+func (h *Hub) quarantine(path string, res Result, b *protocol.Bundle, advance bool, reason string) (Result, error) {
 	res.State, res.Reason = protocol.AckQuarantined, reason
 	m := b.Manifest
 	now := h.now().UTC()
@@ -233,6 +241,19 @@ func (h *Hub) quarantine(path string, res Result, b *protocol.Bundle, reason str
 			PrevHash: m.PrevHash, FirstSeq: m.FirstRecordSeq, LastSeq: m.LastRecordSeq, Count: len(b.Records),
 			Created: m.Created, State: ledger.BundleQuarantined, Reason: reason, Updated: now}); err != nil {
 			return err
+		}
+		if advance {
+			obj, err := tx.First(ledger.TableAgents, ledger.IndexID, m.From)
+			if err != nil {
+				return err
+			}
+			if obj != nil {
+				a := *obj.(*ledger.Agent)
+				a.BundleHWM, a.LastHash, a.LastSeen = m.Seq, b.Hash, now
+				if err := tx.Put(ledger.TableAgents, &a); err != nil {
+					return err
+				}
+			}
 		}
 		return newFeedbackWriter(tx, m.From, m.Seq, now).add("", "quarantined", reason)
 	})

@@ -1,0 +1,474 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-memdb"
+
+	"fieldsync/hub"
+	"fieldsync/protocol"
+)
+
+// TestStatus checks the unsynced counts and bytes as records are made,
+// sealed and acknowledged, and the pledge and feedback counts.
+func TestStatus(t *testing.T) {
+	f := newFixture(t)
+	a := f.a
+	jsonSize := func(r protocol.Record) int64 {
+		b, err := json.Marshal(&r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return int64(len(b))
+	}
+	status := func() Status {
+		t.Helper()
+		st, err := a.Status()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+
+	st := status()
+	id := a.Identity()
+	if st.Agent != id.AgentID || st.Site != testSite || st.SiteName != "Site "+testSite || st.Hub != "127.0.0.1:1" ||
+		st.HubFingerprint != id.HubKeyPin || st.Enrolled || st.Records != 0 || st.Unsynced != 0 || st.UnsyncedBytes != 0 ||
+		!st.OldestUnsynced.IsZero() {
+		t.Fatalf("fresh agent: %+v", st)
+	}
+
+	r1 := add(t, a, delivery("Switch", 1))
+	r2 := add(t, a, delivery("Router", 2))
+	st = status()
+	if st.Records != 2 || st.Unsynced != 2 || st.UnsyncedBytes != jsonSize(r1)+jsonSize(r2) || !st.OldestUnsynced.Equal(r1.At) {
+		t.Errorf("two unsealed records: %+v", st)
+	}
+
+	if _, err := a.Seal(); err != nil {
+		t.Fatal(err)
+	}
+	size := bundles(t, a)[0].Size
+	r3 := add(t, a, delivery("Cable", 3))
+	st = status()
+	if st.Records != 3 || st.Unsynced != 3 || st.UnsyncedBytes != size+jsonSize(r3) {
+		t.Errorf("a sealed bundle and one record: %+v (bundle %d bytes)", st, size)
+	}
+
+	if err := a.markAcked(1, protocol.AckApplied, ""); err != nil {
+		t.Fatal(err)
+	}
+	st = status()
+	if st.Records != 3 || st.Unsynced != 1 || st.UnsyncedBytes != jsonSize(r3) || !st.OldestUnsynced.Equal(r3.At) {
+		t.Errorf("bundle acknowledged: %+v", st)
+	}
+
+	give(t, a,
+		protocol.Pledge{ID: "P-1", Seq: 1, Site: testSite, Donor: "Estonia", Kind: protocol.KindHardware, Item: "x", Qty: 2},
+		protocol.Pledge{ID: "P-2", Seq: 2, Site: testSite, Donor: "Estonia", Kind: protocol.KindHardware, Item: "x", Qty: 2, Cancelled: true},
+		protocol.Pledge{ID: "P-3", Seq: 3, Site: testSite, Donor: "Estonia", Kind: protocol.KindHardware, Item: "x", Qty: 1},
+	)
+	add(t, a, protocol.Record{Type: protocol.TypeConfirmation, Pledge: "P-3", Qty: 1})
+	err := a.applyDown(&protocol.Bundle{Down: []protocol.DownItem{
+		{Feedback: &protocol.Feedback{Seq: 1, Record: r1.ID, State: protocol.FeedbackDiscrepancy, Reason: "unmatched: no pledge"}},
+		{Feedback: &protocol.Feedback{Seq: 2, Bundle: 1, State: protocol.FeedbackQuarantined, Reason: "test"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st = status()
+	if st.Pledges != 3 || st.PledgesOpen != 1 || st.HubNotes != 2 {
+		t.Errorf("pledges %d open %d notes %d; want 3, 1, 2", st.Pledges, st.PledgesOpen, st.HubNotes)
+	}
+}
+
+// TestRecordSyncOutcome checks what each sync leaves in the status.
+func TestRecordSyncOutcome(t *testing.T) {
+	a := newFixture(t).a
+	day := time.Date(2025, 3, 4, 9, 0, 0, 0, time.UTC)
+	for _, step := range []struct {
+		name       string
+		start      time.Time
+		res        SyncResult
+		err        error
+		lastSync   string
+		took       string
+		lastError  string
+		lastErrAt  string
+		linkToday  int64
+		budgetLeft int64 // of 1000 bytes, on day
+	}{
+		{"first failure", day, SyncResult{}, errors.New("reach hub 127.0.0.1:1: timeout: no recent network activity"),
+			"", "", "reach hub 127.0.0.1:1: timeout: no recent network activity", "2025-03-04T09:00:00Z", 0, 1000},
+		{"failure that used the link", day.Add(time.Minute), SyncResult{LinkBytes: 300}, errors.New("read hub answer: EOF"),
+			"", "", "read hub answer: EOF", "2025-03-04T09:01:00Z", 300, 700},
+		{"success clears the error", day.Add(2 * time.Minute), SyncResult{LinkBytes: 200, Took: 1500 * time.Millisecond}, nil,
+			"2025-03-04T09:02:00Z", "1.5s", "", "", 500, 500},
+		{"a later failure keeps the last success", day.Add(3 * time.Minute), SyncResult{}, errors.New("hub refused: busy (busy)"),
+			"2025-03-04T09:02:00Z", "1.5s", "hub refused: busy (busy)", "2025-03-04T09:03:00Z", 500, 500},
+		{"yesterday's bytes are not today's", day.Add(-10 * time.Hour), SyncResult{LinkBytes: 5000}, nil,
+			"2025-03-03T23:00:00Z", "0s", "", "", 500, 500},
+		{"over the budget", day.Add(4 * time.Minute), SyncResult{LinkBytes: 700}, nil,
+			"2025-03-04T09:04:00Z", "0s", "", "", 1200, -200},
+	} {
+		t.Run(step.name, func(t *testing.T) {
+			if err := a.recordSyncOutcome(step.start, step.res, step.err); err != nil {
+				t.Fatal(err)
+			}
+			st, err := a.Status()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if st.LastSync != step.lastSync || st.LastSyncTook != step.took || st.LastError != step.lastError || st.LastErrorAt != step.lastErrAt {
+				t.Errorf("status: last sync %q took %q, error %q at %q; want %q %q %q %q", st.LastSync, st.LastSyncTook,
+					st.LastError, st.LastErrorAt, step.lastSync, step.took, step.lastError, step.lastErrAt)
+			}
+			var used int64
+			a.led.Read(func(txn *memdb.Txn) error {
+				used, err = metaInt(txn, metaLinkBytes+"2025-03-04")
+				return err
+			})
+			if used != step.linkToday {
+				t.Errorf("link bytes today %d, want %d", used, step.linkToday)
+			}
+			a.now = func() time.Time { return day.Add(8 * time.Hour) }
+			left, err := a.budgetLeft(1000)
+			if err != nil || left != step.budgetLeft {
+				t.Errorf("budget left %d, %v; want %d", left, err, step.budgetLeft)
+			}
+		})
+	}
+	for _, budget := range []int64{0, -1} {
+		if left, err := a.budgetLeft(budget); err != nil || left != math.MaxInt64/2 {
+			t.Errorf("budget %d: left %d, %v; want no cap", budget, left, err)
+		}
+	}
+}
+
+// TestSyncBudgetSpent checks that a sync with today's budget spent seals
+// but does not dial.
+func TestSyncBudgetSpent(t *testing.T) {
+	a := newFixture(t).a
+	now := time.Date(2025, 3, 4, 12, 0, 0, 0, time.UTC)
+	a.now = func() time.Time { return now }
+	if err := a.recordSyncOutcome(now.Add(-time.Hour), SyncResult{LinkBytes: 5000}, nil); err != nil {
+		t.Fatal(err)
+	}
+	r := add(t, a, delivery("Switch", 1))
+	res, err := a.Sync(t.Context(), SyncOptions{Budget: 4000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Deferred != "today's link budget is spent" || res.BundlesSent != 0 || res.LinkBytes != 0 {
+		t.Errorf("result %+v", res)
+	}
+	if v := view(t, a, r.ID); v.Sync != SyncSent {
+		t.Errorf("record is %s, want sealed (sent)", v.Sync)
+	}
+}
+
+// TestSyncUnreachable checks that a sync to a hub nobody answers for fails
+// within the caller's deadline and leaves the error in the status.
+func TestSyncUnreachable(t *testing.T) {
+	t.Parallel()
+	a := newFixture(t).a
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pc.LocalAddr().String()
+	pc.Close() // nothing listens there now
+	a.id.HubAddr = addr
+	r := add(t, a, delivery("Switch", 1))
+
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err = a.Sync(ctx, SyncOptions{})
+	if took := time.Since(start); took > 10*time.Second {
+		t.Errorf("sync took %v with a 2 s deadline", took)
+	}
+	if err == nil || !strings.Contains(err.Error(), "reach hub "+addr) {
+		t.Fatalf("got %v, want a failure to reach %s", err, addr)
+	}
+	oneLine(t, err)
+	t.Logf("sync: %v", err)
+	st, serr := a.Status()
+	if serr != nil {
+		t.Fatal(serr)
+	}
+	if st.LastError != err.Error() || st.LastErrorAt == "" || st.LastSync != "" {
+		t.Errorf("status after the failure: last error %q at %q, last sync %q", st.LastError, st.LastErrorAt, st.LastSync)
+	}
+	if st.Enrolled {
+		t.Error("forgot the enrolment secret without reaching the hub")
+	}
+	if v := view(t, a, r.ID); v.Sync != SyncSent {
+		t.Errorf("record is %s, want sealed (sent) for the next try or a USB stick", v.Sync)
+	}
+}
+
+// serve runs h's QUIC endpoint on loopback until the test ends and returns
+// its address.
+func serve(t *testing.T, h *hub.Hub) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan net.Addr, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- h.Serve(ctx, hub.ServeOptions{Listen: "127.0.0.1:0", Drop: t.TempDir(),
+			Ready: func(q, _ net.Addr) { ready <- q }})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil && !errors.Is(err, context.Canceled) {
+			t.Errorf("hub serve: %v", err)
+		}
+	})
+	select {
+	case addr := <-ready:
+		return addr.String()
+	case err := <-done:
+		t.Fatalf("hub serve: %v", err)
+		return ""
+	}
+}
+
+// TestSyncLoopback syncs with a real hub over QUIC on loopback.
+func TestSyncLoopback(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	a := f.a
+	a.id.HubAddr = serve(t, f.hub)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+
+	scan := filepath.Join(t.TempDir(), "waybill.jpg")
+	if err := os.WriteFile(scan, []byte("a scan of a signed waybill"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r1, err := a.Add(delivery("Switch", 2), []string{scan})
+	if err != nil {
+		t.Fatal(err)
+	}
+	add(t, a, delivery("Router", 1))
+	ps, err := f.hub.AddPledges([]protocol.Pledge{pledge(testSite, 3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("first sync", func(t *testing.T) {
+		res, err := a.Sync(ctx, SyncOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.BundlesSent != 1 || res.DownApplied < 1 || res.LinkBytes <= res.BytesSent {
+			t.Errorf("result %+v", res)
+		}
+		if a.Identity().EnrolSecret != "" {
+			t.Error("the enrolment secret outlived the hub's acceptance")
+		}
+		if v := view(t, a, r1.ID); v.Sync != SyncSynced {
+			t.Errorf("record is %s, want synced", v.Sync)
+		}
+		if got := outbox(t, a); len(got) != 0 {
+			t.Errorf("outbox holds %v after the hub acknowledged everything", got)
+		}
+		if v, err := a.Pledge(ps[0].ID); err != nil || v.State != "open" {
+			t.Errorf("pledge from the hub: %+v, %v", v, err)
+		}
+		if pending, err := a.pendingBlobs(); err != nil || len(pending) != 0 {
+			t.Errorf("attachments still pending: %v, %v", pending, err)
+		}
+		st, _ := a.Status()
+		if st.LastSync == "" || st.LastError != "" || st.Unsynced != 0 || !st.Enrolled {
+			t.Errorf("status %+v", st)
+		}
+	})
+	t.Run("nothing new", func(t *testing.T) {
+		res, err := a.Sync(ctx, SyncOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if res.BundlesSent != 0 || res.BytesSent != 0 {
+			t.Errorf("result %+v", res)
+		}
+	})
+	t.Run("syncs at once", func(t *testing.T) {
+		// The daemon syncs while a forwarded `agent sync` and `agent
+		// export` run: each bundle is sealed once and reaches the hub.
+		var wg sync.WaitGroup
+		errs := make(chan error, 12)
+		for i := range 4 {
+			wg.Go(func() {
+				for j := range 3 {
+					if _, err := a.Add(delivery(fmt.Sprintf("item %d.%d", i, j), 1), nil); err != nil {
+						errs <- err
+					}
+					if _, err := a.Sync(ctx, SyncOptions{}); err != nil {
+						errs <- err
+					}
+				}
+			})
+		}
+		wg.Go(func() {
+			if _, err := a.Export(t.TempDir()); err != nil {
+				errs <- err
+			}
+		})
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		if _, err := a.Sync(ctx, SyncOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		recs, err := a.Records(false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			if r.Sync != SyncSynced || r.HubState != "" && r.HubState != protocol.FeedbackDiscrepancy {
+				t.Errorf("record %d: %s, hub %s %s", r.Seq, r.Sync, r.HubState, r.HubReason)
+			}
+		}
+		rows, err := f.hub.Rows()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rows) != len(recs) {
+			t.Errorf("hub holds %d records, agent %d", len(rows), len(recs))
+		}
+	})
+	t.Run("revoked", func(t *testing.T) {
+		if _, err := f.hub.Revoke(a.Identity().AgentID, "laptop lost"); err != nil {
+			t.Fatal(err)
+		}
+		_, err := a.Sync(ctx, SyncOptions{})
+		if err == nil || !strings.Contains(err.Error(), "revoked") {
+			t.Fatalf("got %v, want a refusal naming the revocation", err)
+		}
+		oneLine(t, err)
+		if st, _ := a.Status(); st.LastError != err.Error() {
+			t.Errorf("last error %q, want %q", st.LastError, err)
+		}
+	})
+}
+
+// TestConcurrentUse runs what the daemon and forwarded commands do at once
+// on one agent: records, seals, exports, an import that makes the agent
+// forget its enrolment secret, and reads.
+func TestConcurrentUse(t *testing.T) {
+	f := newFixture(t)
+	a := f.a
+	f.admit(t)
+	if _, err := f.hub.AddPledges([]protocol.Pledge{pledge(testSite, 3)}); err != nil {
+		t.Fatal(err)
+	}
+	down := f.down(t)
+
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for i := range 3 {
+		wg.Go(func() {
+			for j := range 5 {
+				if _, err := a.Add(delivery(fmt.Sprintf("item %d.%d", i, j), 1), nil); err != nil {
+					errs <- err
+				}
+				if _, err := a.Seal(); err != nil {
+					errs <- err
+				}
+			}
+		})
+	}
+	wg.Go(func() {
+		for range 3 {
+			if _, err := a.Export(t.TempDir()); err != nil {
+				errs <- err
+			}
+		}
+	})
+	wg.Go(func() {
+		if _, err := a.Import(down); err != nil {
+			errs <- err
+		}
+	})
+	wg.Go(func() {
+		for range 20 {
+			if _, err := a.Status(); err != nil {
+				errs <- err
+			}
+			if _, err := a.Records(false); err != nil {
+				errs <- err
+			}
+			_ = a.Identity()
+		}
+	})
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if _, err := a.Seal(); err != nil {
+		t.Fatal(err)
+	}
+
+	// The bundles chain, cover every record once, and each outbox file is
+	// the bundle the ledger describes.
+	bs := bundles(t, a)
+	for i, b := range bs {
+		if b.Seq != uint64(i+1) {
+			t.Fatalf("bundle %d has seq %d", i+1, b.Seq)
+		}
+		if i > 0 && (b.PrevHash != bs[i-1].Hash || b.FirstSeq != bs[i-1].LastSeq+1) {
+			t.Errorf("bundle %d (records %d to %d, after %.8s) does not follow bundle %d (records %d to %d, %.8s)",
+				b.Seq, b.FirstSeq, b.LastSeq, b.PrevHash, bs[i-1].Seq, bs[i-1].FirstSeq, bs[i-1].LastSeq, bs[i-1].Hash)
+		}
+		if _, err := os.Stat(a.outboxPath(b.Seq)); err != nil {
+			continue // acknowledged and removed
+		}
+		if ub := f.openUp(t, a.outboxPath(b.Seq)); ub.Hash != b.Hash || len(ub.Records) != b.Count {
+			t.Errorf("outbox file of bundle %d holds %d records, hash %.8s; ledger: %d, %.8s", b.Seq, len(ub.Records), ub.Hash, b.Count, b.Hash)
+		}
+	}
+	if last := bs[len(bs)-1].LastSeq; last != lastSeq(t, a) {
+		t.Errorf("bundles end at record %d, records at %d", last, lastSeq(t, a))
+	}
+	if a.Identity().EnrolSecret != "" {
+		t.Error("the import did not make the agent forget its secret")
+	}
+	for i, res := range f.carry(t) {
+		if res.State != protocol.AckApplied {
+			t.Errorf("hub: file %d, bundle %d %s: %s", i+1, res.Seq, res.State, res.Reason)
+		}
+	}
+}
+
+// TestSyncOneAtATime checks that a sync started while another runs waits
+// for it, and gives up when its context ends.
+func TestSyncOneAtATime(t *testing.T) {
+	a := newFixture(t).a
+	a.syncing <- struct{}{} // a sync in progress
+	defer func() { <-a.syncing }()
+	ctx, cancel := context.WithTimeout(t.Context(), 50*time.Millisecond)
+	defer cancel()
+	_, err := a.Sync(ctx, SyncOptions{})
+	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), "wait for the sync in progress") {
+		t.Fatalf("got %v, want it to give up waiting for the sync in progress", err)
+	}
+	if st, _ := a.Status(); st.LastError != "" {
+		t.Errorf("a sync that never started recorded %q", st.LastError)
+	}
+}
