@@ -326,6 +326,16 @@ func (a *Agent) Records(pending bool) ([]RecordView, error) {
 		if pending {
 			from = st.acked + 1
 		}
+		bundleNotes := map[uint64]*ledger.Feedback{}
+		fit, err := txn.Get(ledger.TableFeedback, ledger.IndexID)
+		if err != nil {
+			return err
+		}
+		for obj := fit.Next(); obj != nil; obj = fit.Next() {
+			if f := obj.(*ledger.Feedback); f.Record == "" && f.Bundle > 0 {
+				bundleNotes[f.Bundle] = f
+			}
+		}
 		it, err := txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, a.id.AgentID, from)
 		if err != nil {
 			return err
@@ -348,8 +358,14 @@ func (a *Agent) Records(pending bool) ([]RecordView, error) {
 				return err
 			} else if fb != nil {
 				v.HubState, v.HubReason = fb.(*ledger.Feedback).State, fb.(*ledger.Feedback).Reason
-			} else {
-				v.HubState, v.HubReason = st.note(rec.Seq)
+			} else if state, reason := st.note(rec.Seq); state != "" {
+				v.HubState, v.HubReason = state, reason
+			} else if len(bundleNotes) > 0 {
+				// Feedback on a whole bundle (one quarantined after it came
+				// by hand) speaks for each of its records.
+				if f := bundleNotes[st.bundleOf(rec.Seq)]; f != nil {
+					v.HubState, v.HubReason = f.State, f.Reason
+				}
 			}
 			out = append(out, v)
 		}
@@ -364,6 +380,19 @@ type syncPoints struct {
 	sealed  uint64           // highest record seq sealed into a bundle
 	bundles []*ledger.Bundle // sealed, unacknowledged bundles
 	notes   []*ledger.Bundle // acknowledged bundles the hub did not simply apply
+	applied []*ledger.Bundle // the other acknowledged bundles
+}
+
+// bundleOf returns the bundle that carried record seq (0 if none).
+func (s syncPoints) bundleOf(seq uint64) uint64 {
+	for _, list := range [][]*ledger.Bundle{s.bundles, s.notes, s.applied} {
+		for _, b := range list {
+			if seq >= b.FirstSeq && seq <= b.LastSeq {
+				return b.Seq
+			}
+		}
+	}
+	return 0
 }
 
 // note returns what the hub said of the bundle that carried record seq, if
@@ -410,6 +439,8 @@ func (a *Agent) syncPoints(txn *memdb.Txn) (syncPoints, error) {
 			s.acked = max(s.acked, b.LastSeq)
 			if b.Reason != "" {
 				s.notes = append(s.notes, b)
+			} else {
+				s.applied = append(s.applied, b)
 			}
 		} else {
 			s.bundles = append(s.bundles, b)

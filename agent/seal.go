@@ -21,6 +21,19 @@ import (
 // several bundles that are acknowledged one by one.
 const MaxRecordsPerBundle = 10_000
 
+// MaxBundleRawBytes caps the records' JSON in one bundle, before
+// compression.
+const MaxBundleRawBytes = 16 << 20
+
+// recordSize estimates a record's JSON size without encoding it.
+func recordSize(r *protocol.Record) int {
+	n := 400 + len(r.Item) + len(r.Note) + len(r.Course) + len(r.ReceivedBy) + len(r.Reason)
+	for _, s := range r.Serials {
+		n += len(s) + 3
+	}
+	return n + 200*len(r.Attachments)
+}
+
 // Seal seals every pending record into bundles in the outbox and returns how
 // many bundles it made. A sealed bundle is durable before Seal records it.
 func (a *Agent) Seal() (int, error) {
@@ -60,11 +73,20 @@ func (a *Agent) sealOne() (bool, error) {
 		if err != nil {
 			return err
 		}
+		raw := 0
 		for obj := it.Next(); obj != nil && len(recs) < MaxRecordsPerBundle; obj = it.Next() {
 			r := obj.(*protocol.Record)
 			if r.Agent != a.id.AgentID {
 				break
 			}
+			// Records with thousands of serials are large: cap the bytes
+			// too, so a bundle stays well inside the format's limits and
+			// the agent's memory.
+			size := recordSize(r)
+			if len(recs) > 0 && raw+size > MaxBundleRawBytes {
+				break
+			}
+			raw += size
 			recs = append(recs, *r)
 		}
 		return nil
