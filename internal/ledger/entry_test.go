@@ -292,10 +292,8 @@ func TestBenchmarkLogIsWhatWriteWrites(t *testing.T) {
 	if err := buildLog(direct, 3); err != nil {
 		t.Fatal(err)
 	}
-	for _, dir := range []string{viaWrite, direct} {
-		if got, want := readTreeBytes(t, dir), readTreeBytes(t, viaWrite); !bytes.Equal(got, want) {
-			t.Fatalf("the log of buildLog differs from the log of Write")
-		}
+	if got, want := readTreeBytes(t, direct), readTreeBytes(t, viaWrite); !bytes.Equal(got, want) {
+		t.Errorf("the log of buildLog differs from the log of Write")
 	}
 }
 

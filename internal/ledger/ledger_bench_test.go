@@ -130,7 +130,7 @@ func (g *recordGen) record(seq uint64) *protocol.Record {
 
 // commitsPerOp is the work of one benchmark iteration, so that -benchtime 1x
 // still measures enough commits for a p99.
-const commitsPerOp = 1000
+const commitsPerOp = 2000
 
 type commitResult struct {
 	name              string

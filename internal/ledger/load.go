@@ -40,7 +40,7 @@ func load(db *memdb.MemDB, dir string, opts Options, lg *slog.Logger, in *intern
 	var readErr error
 	go func() {
 		defer close(batches)
-		readErr = read(dir, opts, lg, in, &res, batches, stop)
+		readErr = decodeState(dir, opts, lg, in, &res, batches, stop)
 	}()
 
 	txn := db.Txn(true)
@@ -76,8 +76,9 @@ func load(db *memdb.MemDB, dir string, opts Options, lg *slog.Logger, in *intern
 	return &res, nil
 }
 
-// read decodes the snapshot and the log after it into batches of changes.
-func read(dir string, opts Options, lg *slog.Logger, in *interner, res *loaded,
+// decodeState decodes the snapshot and the log after it into batches of
+// changes.
+func decodeState(dir string, opts Options, lg *slog.Logger, in *interner, res *loaded,
 	batches chan<- []indexedChange, stop <-chan struct{}) error {
 	batch := make([]indexedChange, 0, loadBatch)
 	send := func() error {
