@@ -5,8 +5,10 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
@@ -163,6 +165,7 @@ func (h *Hub) apply(b *protocol.Bundle) (int, error) {
 		}
 		a := *obj.(*ledger.Agent)
 		fb := newFeedbackWriter(tx, a.ID, m.Seq, now)
+		lastOf := map[string]*protocol.Record{} // pledge → its last record in this bundle
 		for i := range b.Records {
 			rec := &b.Records[i]
 			if rec.Agent != m.From || rec.Site != a.Site {
@@ -189,10 +192,41 @@ func (h *Hub) apply(b *protocol.Bundle) (int, error) {
 			if err := tx.Put(ledger.TableRecords, rec); err != nil {
 				return err
 			}
-			if err := checkRecord(tx.Txn, rec, fb); err != nil {
+			// What is wrong with the record itself; over-delivery is a
+			// matter of the pledge's totals, checked once per pledge below
+			// rather than per record.
+			ds, err := recordDiscrepancies(tx.Txn, rec, false)
+			if err != nil {
 				return err
 			}
+			for _, d := range ds {
+				if err := fb.add(rec.ID, protocol.FeedbackDiscrepancy, d.Kind+": "+d.Detail); err != nil {
+					return err
+				}
+			}
+			if rec.Pledge != "" {
+				lastOf[rec.Pledge] = rec
+			}
 			applied++
+		}
+		for _, id := range slices.Sorted(maps.Keys(lastOf)) {
+			obj, err := tx.First(ledger.TablePledges, ledger.IndexID, id)
+			if err != nil {
+				return err
+			}
+			p, ok := obj.(*protocol.Pledge)
+			if !ok || p.Site != a.Site {
+				continue
+			}
+			t, err := ledger.PledgeTotals(tx.Txn, id)
+			if err != nil {
+				return err
+			}
+			if d, over := pledgeDiscrepancy(p, t, lastOf[id]); over {
+				if err := fb.add(d.Record, protocol.FeedbackDiscrepancy, d.Kind+": "+d.Detail); err != nil {
+					return err
+				}
+			}
 		}
 		a.BundleHWM, a.LastHash, a.LastSeen = m.Seq, b.Hash, now
 		if err := tx.Put(ledger.TableAgents, &a); err != nil {

@@ -33,8 +33,29 @@ func benchAgent(b testing.TB, h *Hub, id, site string) ed25519.PrivateKey {
 	return key
 }
 
-// benchRecords makes n realistic delivery records of one agent from seq on.
-func benchRecords(agent, site string, from uint64, n int) []protocol.Record {
+// benchPledges issues n pledges to site, large enough never to be
+// over-delivered, and returns their ids.
+func benchPledges(b testing.TB, h *Hub, site string, n int) []string {
+	b.Helper()
+	ps := make([]protocol.Pledge, n)
+	for i := range ps {
+		ps[i] = protocol.Pledge{Site: site, Donor: "Estonia", Programme: "Tallinn Mechanism", Kind: protocol.KindHardware,
+			Item: fmt.Sprintf("Item %d", i), Qty: protocol.MaxQty}
+	}
+	ps, err := h.AddPledges(ps)
+	if err != nil {
+		b.Fatal(err)
+	}
+	ids := make([]string, n)
+	for i, p := range ps {
+		ids[i] = p.ID
+	}
+	return ids
+}
+
+// benchRecords makes n realistic delivery records of one agent from seq on,
+// each fulfilling one of pledges (round robin) if any are given.
+func benchRecords(agent, site string, from uint64, n int, pledges ...string) []protocol.Record {
 	items := []string{"FortiGate 100F firewall", "Dell PowerEdge R650 server", "Cisco Catalyst 9300 switch", "Starlink terminal", "APC Smart-UPS 3000"}
 	recs := make([]protocol.Record, n)
 	at := time.Date(2026, 11, 20, 8, 0, 0, 0, time.UTC)
@@ -46,6 +67,9 @@ func benchRecords(agent, site string, from uint64, n int) []protocol.Record {
 			Serials:   []string{fmt.Sprintf("SN%08d-A", seq), fmt.Sprintf("SN%08d-B", seq)},
 			Condition: protocol.ConditionOK, ReceivedBy: "O. Kovalenko", Waybill: fmt.Sprintf("WB-2026-%05d", seq/10),
 			Note: "received at the north gate, checked against the packing list",
+		}
+		if len(pledges) > 0 {
+			recs[i].Pledge = pledges[i%len(pledges)]
 		}
 	}
 	return recs
@@ -97,7 +121,10 @@ func BenchmarkIntake(b *testing.B) {
 					b.Fatal(err)
 				}
 				key := benchAgent(b, h, "A-BENCH", "UA-KV-017")
-				bundles := sealChain(b, h, "A-BENCH", "UA-KV-017", key, benchRecords("A-BENCH", "UA-KV-017", 1, n), size)
+				// A pledge sees a few records: a delivery or two and a
+				// confirmation.
+				pledges := benchPledges(b, h, "UA-KV-017", max(1, n/4))
+				bundles := sealChain(b, h, "A-BENCH", "UA-KV-017", key, benchRecords("A-BENCH", "UA-KV-017", 1, n, pledges...), size)
 				paths := make([]string, len(bundles))
 				for i, data := range bundles {
 					paths[i] = filepath.Join(dir, fmt.Sprintf("b%d.age", i))
