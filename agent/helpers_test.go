@@ -29,7 +29,7 @@ type fixture struct {
 }
 
 // newHub creates and opens a hub in a temporary directory.
-func newHub(t *testing.T) (*hub.Hub, string) {
+func newHub(t testing.TB) (*hub.Hub, string) {
 	t.Helper()
 	dir := t.TempDir()
 	if _, err := hub.Init(dir); err != nil {
@@ -44,7 +44,7 @@ func newHub(t *testing.T) (*hub.Hub, string) {
 }
 
 // enrol asks h for an enrolment for site.
-func enrol(t *testing.T, h *hub.Hub, site string) *protocol.Enrolment {
+func enrol(t testing.TB, h *hub.Hub, site string) *protocol.Enrolment {
 	t.Helper()
 	e, err := h.Enrol(hub.EnrolRequest{Site: site, Name: "Site " + site, Addr: "127.0.0.1:1"})
 	if err != nil {
@@ -54,7 +54,7 @@ func enrol(t *testing.T, h *hub.Hub, site string) *protocol.Enrolment {
 }
 
 // newAgent initialises and opens an agent from e; the test closes it.
-func newAgent(t *testing.T, e *protocol.Enrolment) *Agent {
+func newAgent(t testing.TB, e *protocol.Enrolment) *Agent {
 	t.Helper()
 	dir := t.TempDir()
 	if _, err := Init(dir, e); err != nil {

@@ -221,7 +221,7 @@ func TestSyncUnreachable(t *testing.T) {
 
 // serve runs h's QUIC endpoint on loopback until the test ends and returns
 // its address.
-func serve(t *testing.T, h *hub.Hub) string {
+func serve(t testing.TB, h *hub.Hub) string {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	ready := make(chan net.Addr, 1)
