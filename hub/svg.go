@@ -242,7 +242,7 @@ func freshnessChart(sites []SiteStatus, now time.Time) template.HTML {
 		value := "never synced"
 		w, fill := float64(chartBarW), colourPledged
 		if !e.never {
-			value = agoText(e.s.LastSync, now)
+			value = Ago(e.s.LastSync, now)
 			w, fill = max(3, min(e.age.Hours()*scale, chartBarW)), colour
 		}
 		c.Rows = append(c.Rows, svgRow{
@@ -273,8 +273,9 @@ func freshnessChart(sites []SiteStatus, now time.Time) template.HTML {
 	return c.render()
 }
 
-// agoText says how long ago t was, in the dashboard's words.
-func agoText(t, now time.Time) string {
+// Ago says how long ago t was, in words for people: "just now", "5 min ago",
+// "3 days ago", "never".
+func Ago(t, now time.Time) string {
 	if t.IsZero() {
 		return "never"
 	}

@@ -79,7 +79,7 @@ var pageTemplates = func() map[string]*template.Template {
 }()
 
 var templateFuncs = template.FuncMap{
-	"ago": agoText,
+	"ago": Ago,
 	"ts":  func(t time.Time) string { return tsText(t) },
 	"when": func(rfc3339 string) string {
 		t, err := time.Parse(time.RFC3339, rfc3339)

@@ -38,9 +38,8 @@ to the daemon.`,
 			defer wg.Wait()
 			serveErr := make(chan error, 1)
 			wg.Go(func() {
-				serveErr <- datadir.Serve(ctx, inv.dir, func(ctx context.Context, req datadir.Request, stdout, stderr io.Writer) int {
-					sub := &invocation{args: req.Args, cwd: req.Dir, stderr: stderr, held: a, logger: inv.logger}
-					return cli.Execute(ctx, newRoot(sub), req.Args, stdout, stderr)
+				serveErr <- cli.ServeCommands(ctx, inv.dir, func(req datadir.Request, stderr io.Writer) *cobra.Command {
+					return newRoot(&invocation{args: req.Args, cwd: req.Dir, stderr: stderr, held: a, logger: inv.logger})
 				}, inv.logger)
 			})
 			fmt.Fprintf(cmd.ErrOrStderr(), "agent %s running: inbox %s, hub %s\n", a.Identity().AgentID, a.InboxDir(), a.Identity().HubAddr)

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"text/tabwriter"
-	"time"
 
 	"fieldsync/hub"
 )
@@ -17,7 +16,7 @@ func printStatus(w io.Writer, st *hub.Status) error {
 	fmt.Fprintln(tw, "SITE\tNAME\tREGION\tOPEN\tCLOSED\tRECORDS\tISSUES\tLAST SYNC\tAGENT")
 	for _, s := range st.Sites {
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\t%s\n", s.ID, s.Name, dash(s.Region), s.PledgesOpen, s.PledgesClosed,
-			s.Records, s.Discrepancies, ago(s.LastSync, st.Generated), s.AgentState)
+			s.Records, s.Discrepancies, hub.Ago(s.LastSync, st.Generated), s.AgentState)
 	}
 	tw.Flush()
 	if len(st.Donors) > 0 {
@@ -53,22 +52,6 @@ func printStatus(w io.Writer, st *hub.Status) error {
 		}
 	}
 	return nil
-}
-
-func ago(t, now time.Time) string {
-	if t.IsZero() {
-		return "never"
-	}
-	d := now.Sub(t)
-	switch {
-	case d < time.Minute:
-		return "just now"
-	case d < time.Hour:
-		return fmt.Sprintf("%dm ago", int(d.Minutes()))
-	case d < 48*time.Hour:
-		return fmt.Sprintf("%dh ago", int(d.Hours()))
-	}
-	return fmt.Sprintf("%dd ago", int(d.Hours()/24))
 }
 
 func dash(s string) string {

@@ -39,16 +39,8 @@ exactly once, and shows what was pledged, received, confirmed and disputed.
 
 All state lives in one data directory (--dir, default $FIELDSYNC_DIR).`,
 		PersistentPreRun: func(cmd *cobra.Command, _ []string) {
-			// Daemons say what they do; one-shot commands only what went wrong.
-			level := slog.LevelWarn
-			if cmd.Name() == "serve" || cmd.Name() == "run" {
-				level = slog.LevelInfo
-			}
-			if inv.verbose {
-				level = slog.LevelDebug
-			}
 			if inv.logger == nil {
-				inv.logger = slog.New(slog.NewTextHandler(inv.stderr, &slog.HandlerOptions{Level: level}))
+				inv.logger = cli.NewLogger(inv.stderr, cmd.Name() == "serve" || cmd.Name() == "run", inv.verbose)
 			}
 			inv.session = &cli.Session[*hub.Hub]{
 				Dir: inv.dir, Args: inv.args, Cwd: inv.cwd, Stderr: cmd.ErrOrStderr(), Missing: hub.ErrNotInitialised,

@@ -50,9 +50,8 @@ commands keep working while it runs: they are passed to it.`,
 			var wg sync.WaitGroup
 			defer wg.Wait()
 			wg.Go(func() {
-				err := datadir.Serve(ctx, inv.dir, func(ctx context.Context, req datadir.Request, stdout, stderr io.Writer) int {
-					sub := &invocation{args: req.Args, cwd: req.Dir, stderr: stderr, held: h, logger: inv.logger}
-					return cli.Execute(ctx, newRoot(sub), req.Args, stdout, stderr)
+				err := cli.ServeCommands(ctx, inv.dir, func(req datadir.Request, stderr io.Writer) *cobra.Command {
+					return newRoot(&invocation{args: req.Args, cwd: req.Dir, stderr: stderr, held: h, logger: inv.logger})
 				}, inv.logger)
 				if err != nil && ctx.Err() == nil {
 					fmt.Fprintf(os.Stderr, "hub: control socket: %v (other hub commands will wait for the lock)\n", err)

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -168,4 +169,26 @@ func (s *Session[T]) Own() (T, error) {
 	}
 	s.lock, s.opened, s.hasOpen = lock, st, true
 	return st, nil
+}
+
+// NewLogger returns the logger for a command: daemons say what they do,
+// one-shot commands only what went wrong; verbose says everything.
+func NewLogger(stderr io.Writer, daemon, verbose bool) *slog.Logger {
+	level := slog.LevelWarn
+	if daemon {
+		level = slog.LevelInfo
+	}
+	if verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// ServeCommands runs, until ctx ends, the control socket through which a
+// command started while this daemon holds dir is passed to it. root builds
+// the command tree for one such command, bound to the daemon's open state.
+func ServeCommands(ctx context.Context, dir string, root func(req datadir.Request, stderr io.Writer) *cobra.Command, log *slog.Logger) error {
+	return datadir.Serve(ctx, dir, func(ctx context.Context, req datadir.Request, stdout, stderr io.Writer) int {
+		return Execute(ctx, root(req, stderr), req.Args, stdout, stderr)
+	}, log)
 }
