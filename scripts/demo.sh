@@ -25,12 +25,11 @@ agent() { local site=$1; shift; "$bin/agent" --dir "$work/$site" "$@"; }
 
 say "the hub in Warsaw: keys, then serve on loopback"
 run "$bin/hub" --dir "$work/hub" init
-"$bin/hub" --dir "$work/hub" serve --listen 127.0.0.1:0 --http 127.0.0.1:0 2>"$work/hub.log" &
+"$bin/hub" --dir "$work/hub" serve --listen 127.0.0.1:0 --http "" 2>"$work/hub.log" &
 hubpid=$!
 for _ in $(seq 100); do grep -q "serving" "$work/hub.log" 2>/dev/null && break; sleep 0.1; done
 addr=$(sed -n 's/.*sync on \([0-9.:]*\) (udp).*/\1/p' "$work/hub.log")
-web=$(sed -n 's/.*dashboard on \(http:[^ ]*\).*/\1/p' "$work/hub.log")
-echo "hub listening on $addr (QUIC), dashboard $web"
+echo "hub listening on $addr (QUIC)"
 
 say "enrol three sites (one-time enrolment files)"
 run "$bin/hub" --dir "$work/hub" enroll --site UA-KV-017 --name "Kyiv substation 17" --sector energy --region Kyiv --addr "$addr" --out "$work/kv017.enrol"
@@ -80,4 +79,6 @@ run "$bin/agent" --dir "$work/dp011" list
 say "the hub's aggregated picture"
 run "$bin/hub" --dir "$work/hub" status
 echo
-echo "dashboard: $web  (token: $(cat "$work/hub/operator.token"))"
+echo "To browse the same picture in the dashboard:"
+echo "  $bin/hub --dir $work/hub serve --listen 127.0.0.1:0 --http 127.0.0.1:8080"
+echo "  then open http://127.0.0.1:8080/ with the token in $work/hub/operator.token"
