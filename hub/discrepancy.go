@@ -40,13 +40,6 @@ type Discrepancy struct {
 // instead (see pledgeDiscrepancy), so that an over-delivered pledge is one
 // discrepancy, not one per record.
 func recordDiscrepancies(txn *memdb.Txn, rec *protocol.Record, withTotals bool) ([]Discrepancy, error) {
-	var out []Discrepancy
-	add := func(kind, format string, args ...any) {
-		out = append(out, Discrepancy{Kind: kind, Site: rec.Site, Pledge: rec.Pledge, Record: rec.ID, Detail: fmt.Sprintf(format, args...)})
-	}
-	if rec.Type != protocol.TypeDelivery && rec.Type != protocol.TypeConfirmation && rec.Type != protocol.TypeTraining {
-		return nil, nil
-	}
 	var p *protocol.Pledge
 	if rec.Pledge != "" {
 		obj, err := txn.First(ledger.TablePledges, ledger.IndexID, rec.Pledge)
@@ -57,21 +50,64 @@ func recordDiscrepancies(txn *memdb.Txn, rec *protocol.Record, withTotals bool) 
 			p = obj.(*protocol.Pledge)
 		}
 	}
+	out := ownDiscrepancies(nil, rec, p)
+	if withTotals && p != nil && !p.Cancelled && p.Site == rec.Site && isReport(rec) {
+		total, err := ledger.PledgeTotals(txn, p.ID)
+		if err != nil {
+			return nil, err
+		}
+		switch {
+		case rec.Type == protocol.TypeConfirmation && total.Confirmed+total.Rejected > p.Qty:
+			out = appendDiscrepancy(out, rec, DiscOver, "confirmed %d + rejected %d of %d pledged", total.Confirmed, total.Rejected, p.Qty)
+		case rec.Type != protocol.TypeConfirmation && total.Received > p.Qty:
+			out = appendDiscrepancy(out, rec, DiscOver, "received %d of %d pledged", total.Received, p.Qty)
+		}
+	}
+	return serialDiscrepancies(out, rec, func(serial string) (string, error) { return serialElsewhere(txn, serial, rec.Site) })
+}
+
+// isReport reports whether a record reports something (a delivery, a
+// training, a confirmation), as opposed to correcting another record. Only
+// reports carry discrepancies.
+func isReport(rec *protocol.Record) bool {
+	switch rec.Type {
+	case protocol.TypeDelivery, protocol.TypeConfirmation, protocol.TypeTraining:
+		return true
+	}
+	return false
+}
+
+// isCorrection reports whether a record amends or voids another.
+func isCorrection(rec *protocol.Record) bool {
+	return rec.Type == protocol.TypeAmendment || rec.Type == protocol.TypeVoid
+}
+
+func appendDiscrepancy(out []Discrepancy, rec *protocol.Record, kind, format string, args ...any) []Discrepancy {
+	return append(out, Discrepancy{Kind: kind, Site: rec.Site, Pledge: rec.Pledge, Record: rec.ID, Detail: fmt.Sprintf(format, args...)})
+}
+
+// ownDiscrepancies appends what is wrong with rec by itself and against p,
+// the pledge it names (nil if it names none or one the hub does not know):
+// everything but serial numbers seen elsewhere and over-delivery.
+func ownDiscrepancies(out []Discrepancy, rec *protocol.Record, p *protocol.Pledge) []Discrepancy {
+	if !isReport(rec) {
+		return out
+	}
 	switch {
 	case rec.Pledge == "" && rec.Type == protocol.TypeDelivery:
-		add(DiscUnmatched, "delivery of %d × %q matches no pledge", rec.Qty, rec.Item)
+		out = appendDiscrepancy(out, rec, DiscUnmatched, "delivery of %d × %q matches no pledge", rec.Qty, rec.Item)
 	case rec.Pledge != "" && p == nil:
-		add(DiscUnmatched, "names pledge %s, which the hub does not know", rec.Pledge)
+		out = appendDiscrepancy(out, rec, DiscUnmatched, "names pledge %s, which the hub does not know", rec.Pledge)
 	case p != nil && p.Site != rec.Site:
-		add(DiscWrongSite, "names pledge %s of site %s", p.ID, p.Site)
+		out = appendDiscrepancy(out, rec, DiscWrongSite, "names pledge %s of site %s", p.ID, p.Site)
 	case p != nil && p.Cancelled:
-		add(DiscCancelled, "%s of pledge %s, which was cancelled", rec.Type, p.ID)
+		out = appendDiscrepancy(out, rec, DiscCancelled, "%s of pledge %s, which was cancelled", rec.Type, p.ID)
 	}
 	switch rec.Condition {
 	case protocol.ConditionDamaged:
-		add(DiscDamaged, "%d × %q arrived damaged", rec.Qty, rec.Item)
+		out = appendDiscrepancy(out, rec, DiscDamaged, "%d × %q arrived damaged", rec.Qty, rec.Item)
 	case protocol.ConditionIncomplete:
-		add(DiscIncomplete, "%d × %q arrived incomplete", rec.Qty, rec.Item)
+		out = appendDiscrepancy(out, rec, DiscIncomplete, "%d × %q arrived incomplete", rec.Qty, rec.Item)
 	}
 	if rec.Type == protocol.TypeConfirmation && rec.QtyRejected > 0 {
 		kind := DiscRejected
@@ -81,25 +117,23 @@ func recordDiscrepancies(txn *memdb.Txn, rec *protocol.Record, withTotals bool) 
 		case protocol.RejectDamaged:
 			kind = DiscDamaged
 		}
-		add(kind, "%d rejected at confirmation: %s", rec.QtyRejected, rec.Rejection)
+		out = appendDiscrepancy(out, rec, kind, "%d rejected at confirmation: %s", rec.QtyRejected, rec.Rejection)
 	}
-	if withTotals && p != nil && !p.Cancelled && p.Site == rec.Site {
-		total, err := ledger.PledgeTotals(txn, p.ID)
-		if err != nil {
-			return nil, err
-		}
-		switch {
-		case rec.Type == protocol.TypeConfirmation && total.Confirmed+total.Rejected > p.Qty:
-			add(DiscOver, "confirmed %d + rejected %d of %d pledged", total.Confirmed, total.Rejected, p.Qty)
-		case rec.Type != protocol.TypeConfirmation && total.Received > p.Qty:
-			add(DiscOver, "received %d of %d pledged", total.Received, p.Qty)
-		}
+	return out
+}
+
+// serialDiscrepancies appends a discrepancy for each serial number of rec
+// that elsewhere says another site reported too. They come last among a
+// record's discrepancies.
+func serialDiscrepancies(out []Discrepancy, rec *protocol.Record, elsewhere func(serial string) (string, error)) ([]Discrepancy, error) {
+	if !isReport(rec) {
+		return out, nil
 	}
 	for _, s := range rec.Serials {
-		if other, err := serialElsewhere(txn, s, rec.Site); err != nil {
+		if other, err := elsewhere(s); err != nil {
 			return nil, err
 		} else if other != "" {
-			add(DiscSerial, "serial %q was also reported at site %s", s, other)
+			out = appendDiscrepancy(out, rec, DiscSerial, "serial %q was also reported at site %s", s, other)
 		}
 	}
 	return out, nil

@@ -78,6 +78,7 @@ type Hub struct {
 	// must see the same agent state.
 	intakeMu sync.Mutex
 	metrics  *metrics
+	status   statusCache // the aggregate behind Status
 }
 
 // Options configure Open.

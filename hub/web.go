@@ -554,7 +554,7 @@ type overviewPage struct {
 }
 
 func (w *web) overview(r *http.Request, _ *session) (string, pageData, error) {
-	st, err := w.h.Status(StatusFilter{})
+	st, err := w.h.StatusSummary(10)
 	if err != nil {
 		return "", pageData{}, err
 	}
@@ -610,7 +610,7 @@ func (w *web) donors(r *http.Request, _ *session) (string, pageData, error) {
 	}
 	all := st
 	if donor != "" {
-		if all, err = w.h.Status(StatusFilter{}); err != nil {
+		if all, err = w.h.StatusSummary(0); err != nil {
 			return "", pageData{}, err
 		}
 	}
@@ -670,7 +670,7 @@ func (w *web) discrepancies(r *http.Request, _ *session) (string, pageData, erro
 }
 
 func (w *web) agents(r *http.Request, _ *session) (string, pageData, error) {
-	st, err := w.h.Status(StatusFilter{})
+	st, err := w.h.StatusSummary(0)
 	if err != nil {
 		return "", pageData{}, err
 	}
