@@ -33,8 +33,8 @@ func BenchmarkWireBytesPerRecord(b *testing.B) {
 		for i := range recs {
 			recs[i] = protocol.Record{
 				Type: protocol.TypeDelivery, Item: items[i%len(items)], Qty: int64(1 + i%4),
-				Serials:    []string{fmt.Sprintf("FGT%010d", 7000000+i*7919%1000003), fmt.Sprintf("PSU-%06X", i*2654435761%16777216)},
-				Condition:  protocol.ConditionOK, ReceivedBy: names[i%len(names)],
+				Serials:   []string{fmt.Sprintf("FGT%010d", 7000000+i*7919%1000003), fmt.Sprintf("PSU-%06X", i*2654435761%16777216)},
+				Condition: protocol.ConditionOK, ReceivedBy: names[i%len(names)],
 				Note: fmt.Sprintf("pallet %d of %d, seal intact, checked against packing list PL-%d", 1+i%3, 3, 4400+i/10),
 			}
 		}
