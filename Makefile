@@ -6,7 +6,7 @@ PKGS    := ./...
 # amd64/arm64 boxes and Windows laptops). Static: no cgo.
 CROSS   := linux/amd64 linux/arm64 windows/amd64
 
-.PHONY: all build test vet unit e2e cross fuzz bench bench-link demo clean
+.PHONY: all build test vet unit cross fuzz bench demo clean
 
 all: build
 
@@ -45,13 +45,9 @@ fuzz:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./internal/wal/ ./internal/ledger/ ./hub/ ./agent/ 2>&1 | tee bench.out
 
-## bench-link: sync over emulated satellite links vs an HTTPS baseline
-bench-link:
-	$(GO) test -run '^$$' -bench Link -benchtime 1x -timeout 60m ./internal/linkbench/ 2>&1 | tee bench-link.out
-
 ## demo: a hub and three site agents on loopback, a real sync, the hub's status
 demo:
 	bash scripts/demo.sh
 
 clean:
-	rm -rf $(BIN) bench.out bench-link.out
+	rm -rf $(BIN) bench.out
