@@ -319,12 +319,12 @@ type statusAgg struct {
 	// From the records table.
 	marks    map[string]uint64   // per agent, the last record sequence number taken in
 	records  int                 // records of every kind
-	siteRecs map[string]int      // records per site
+	siteRecs map[string]*int     // records per site (a pointer: one lookup per record)
 	orphans  map[string][]string // corrected record id → sites of corrections that came before it
 
 	// The unfiltered discrepancies, by record (see discKey): those of
 	// records, and over-deliveries. An immutable tree: snapshots share it.
-	discs     *iradix.Tree
+	discs     discIndex
 	discSites map[string]int // discs per site
 
 	// From the pledges table, and the records that name pledges.
@@ -335,6 +335,8 @@ type statusAgg struct {
 	touched   map[*pledgeAgg]bool   // pledges changed since the last materialize
 	building  bool                  // the first build: nothing is shared yet
 	entries   *pledgeArray          // order as the lists show it, as of the last materialize
+	bySite    map[string][]int      // indexes in entries of each site's pledges; replaced on reorder
+	byDonor   map[string][]int      // the same per donor
 	tally     *siteTally            // entries summed up; shared with the last snapshot
 
 	sites     map[string]ledger.Site // the sites table
@@ -425,8 +427,8 @@ func later(r, l *protocol.Record) bool {
 }
 
 func newStatusAgg() *statusAgg {
-	return &statusAgg{marks: map[string]uint64{}, siteRecs: map[string]int{}, orphans: map[string][]string{},
-		discs: iradix.New(), discSites: map[string]int{}, pledges: map[string]*pledgeAgg{}, touched: map[*pledgeAgg]bool{},
+	return &statusAgg{marks: map[string]uint64{}, siteRecs: map[string]*int{}, orphans: map[string][]string{},
+		discs: discIndex{iradix.New(), iradix.New(), iradix.New()}, discSites: map[string]int{}, pledges: map[string]*pledgeAgg{}, touched: map[*pledgeAgg]bool{},
 		siteSet: map[string]bool{}, recsMoved: true, discMoved: true}
 }
 
@@ -484,9 +486,14 @@ func (a *statusAgg) knowSite(id string) {
 // countRecord counts one record at its site.
 func (a *statusAgg) countRecord(r *protocol.Record) {
 	a.records++
-	a.siteRecs[r.Site]++
 	a.recsMoved = true
-	a.knowSite(r.Site)
+	n := a.siteRecs[r.Site]
+	if n == nil {
+		n = new(int)
+		a.siteRecs[r.Site] = n
+		a.knowSite(r.Site)
+	}
+	*n++
 }
 
 func (a *statusAgg) touch(pa *pledgeAgg) {
@@ -508,7 +515,7 @@ func (a *statusAgg) attribute(pledge, site string) {
 
 // countDiscs adds d to the discrepancy counts of the sites and pledges ds
 // name.
-func (a *statusAgg) countDiscs(ds []Discrepancy, d int) {
+func (a *statusAgg) countDiscs(ds []storedDisc, d int) {
 	a.discMoved = a.discMoved || len(ds) > 0
 	for _, x := range ds {
 		addTo(a.discSites, x.Site, d)
@@ -518,6 +525,23 @@ func (a *statusAgg) countDiscs(ds []Discrepancy, d int) {
 			a.touch(pa)
 		}
 	}
+}
+
+// donorOf returns the donor of a pledge, if the hub knows the pledge.
+func (a *statusAgg) donorOf(pledge string) string {
+	if pa, ok := a.pledges[pledge]; ok && pa.p != nil {
+		return pa.p.Donor
+	}
+	return ""
+}
+
+// stored returns ds as the discrepancy index keeps them.
+func (a *statusAgg) stored(ds []Discrepancy) []storedDisc {
+	out := make([]storedDisc, len(ds))
+	for i, d := range ds {
+		out[i] = storedDisc{d, a.donorOf(d.Pledge)}
+	}
+	return out
 }
 
 // loadRows reads the small tables that changed.
@@ -574,17 +598,28 @@ func (a *statusAgg) eachNewRecord(txn *memdb.Txn, fn func(r *protocol.Record) er
 	if err != nil {
 		return err
 	}
+	// The marks are looked up and moved once per agent, not per record.
+	var agent string
+	var mark, last uint64
+	var seen, moved bool
 	obj := it.Next()
 	for obj != nil {
 		r := obj.(*protocol.Record)
-		if mark, ok := a.marks[r.Agent]; ok && r.Seq <= mark {
+		if r.Agent != agent {
+			if moved {
+				a.marks[agent] = last
+			}
+			agent, moved = r.Agent, false
+			mark, seen = a.marks[agent]
+		}
+		if seen && r.Seq <= mark {
 			// Seek past what was taken in: to the agent's next record, or
 			// to the next agent's first.
-			if it, err = txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, r.Agent, mark); err != nil {
+			if it, err = txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, agent, mark); err != nil {
 				return err
 			}
 			if obj = it.Next(); obj != nil {
-				if n := obj.(*protocol.Record); n.Agent == r.Agent && n.Seq == mark {
+				if n := obj.(*protocol.Record); n.Agent == agent && n.Seq == mark {
 					obj = it.Next()
 				}
 			}
@@ -593,8 +628,11 @@ func (a *statusAgg) eachNewRecord(txn *memdb.Txn, fn func(r *protocol.Record) er
 		if err := fn(r); err != nil {
 			return err
 		}
-		a.marks[r.Agent] = r.Seq
+		last, moved = r.Seq, true
 		obj = it.Next()
+	}
+	if moved {
+		a.marks[agent] = last
 	}
 	return nil
 }
@@ -644,7 +682,7 @@ func buildStatusAgg(txn *memdb.Txn) (*statusAgg, error) {
 	type stated struct{ eff, r *protocol.Record }
 	var withSerials []stated // reports with serial numbers, not voided: as corrected and as stored
 	var corrections []*protocol.Record
-	var recDiscs []Discrepancy
+	var recDiscs []storedDisc
 	err = a.eachNewRecord(txn, func(r *protocol.Record) error {
 		a.countRecord(r)
 		for _, s := range r.Serials {
@@ -655,7 +693,11 @@ func buildStatusAgg(txn *memdb.Txn) (*statusAgg, error) {
 			corrections = append(corrections, r)
 			return nil
 		}
-		a.attribute(r.Pledge, r.Site)
+		var pa *pledgeAgg
+		if r.Pledge != "" {
+			pa = a.pledge(r.Pledge)
+			pa.records = addCount(pa.records, r.Site, 1, true)
+		}
 		eff := r
 		if corrected[r.ID] {
 			e, voided, err := ledger.Effective(txn, r)
@@ -665,14 +707,14 @@ func buildStatusAgg(txn *memdb.Txn) (*statusAgg, error) {
 			eff = &e
 		}
 		var p *protocol.Pledge
-		if r.Pledge != "" {
-			pa := a.pledge(r.Pledge)
+		if pa != nil {
 			pa.add(eff, r)
 			p = pa.p
 		}
 		if ds := ownDiscrepancies(nil, eff, p); len(ds) > 0 {
-			recDiscs = append(recDiscs, ds...)
-			a.countDiscs(ds, 1)
+			sd := a.stored(ds)
+			recDiscs = append(recDiscs, sd...)
+			a.countDiscs(sd, 1)
 		}
 		if len(eff.Serials) > 0 && isReport(eff) {
 			withSerials = append(withSerials, stated{eff, r})
@@ -704,24 +746,25 @@ func buildStatusAgg(txn *memdb.Txn) (*statusAgg, error) {
 		if err != nil {
 			return nil, err
 		}
-		recDiscs = append(recDiscs, ds...)
-		a.countDiscs(ds, 1)
+		sd := a.stored(ds)
+		recDiscs = append(recDiscs, sd...)
+		a.countDiscs(sd, 1)
 	}
 	// A record's serial discrepancies come after its others: a stable sort
 	// keeps them so.
-	slices.SortStableFunc(recDiscs, byRecord)
-	t := a.discs.Txn()
+	slices.SortStableFunc(recDiscs, func(x, y storedDisc) int { return cmp.Compare(x.Record, y.Record) })
+	t := a.discs.txn()
 	for i := 0; i < len(recDiscs); {
 		j := i + 1
 		for j < len(recDiscs) && recDiscs[j].Record == recDiscs[i].Record {
 			j++
 		}
 		for k := i; k < j; k++ {
-			t.Insert(discKey(recDiscs[k].Record, discOfRecord, k-i), recDiscs[k])
+			t.put(discOfRecord, k-i, recDiscs[k])
 		}
 		i = j
 	}
-	a.discs = t.CommitOnly()
+	a.discs = t.commit()
 	a.building = false
 	return a, nil
 }
@@ -873,7 +916,7 @@ func (a *statusAgg) update(txn *memdb.Txn) error {
 			return err
 		}
 	}
-	replaced := map[string][2][]Discrepancy{}
+	replaced := map[string][2][]storedDisc{}
 	for id, r := range dirty {
 		eff, voided, err := ledger.Effective(txn, r)
 		if err != nil {
@@ -896,10 +939,11 @@ func (a *statusAgg) update(txn *memdb.Txn) error {
 				return err
 			}
 		}
-		if old := a.discsOf(id); !slices.Equal(old, ds) {
+		sd := a.stored(ds)
+		if old := a.discsOf(id); !slices.Equal(old, sd) {
 			a.countDiscs(old, -1)
-			a.countDiscs(ds, 1)
-			replaced[id] = [2][]Discrepancy{old, ds}
+			a.countDiscs(sd, 1)
+			replaced[id] = [2][]storedDisc{old, sd}
 		}
 	}
 	if len(replaced) > 0 {
@@ -967,11 +1011,66 @@ func discKey(record string, class byte, i int) []byte {
 	return append(append(k, record...), 0, class, byte(i>>8), byte(i))
 }
 
+// discIndex holds the unfiltered discrepancies in three immutable trees,
+// which snapshots share: all of them, by discKey; those found in records,
+// by site and discKey, for the views of a site; and all of them by the
+// donor of the pledge they name and discKey, for the views of a donor.
+type discIndex struct {
+	all, bySite, byDonor *iradix.Tree
+}
+
+// storedDisc is a discrepancy and the donor it is kept under ("" for none:
+// no pledge, or one the hub does not know).
+type storedDisc struct {
+	Discrepancy
+	donor string
+}
+
+type discTxn struct{ all, bySite, byDonor *iradix.Txn }
+
+func (x discIndex) txn() discTxn {
+	return discTxn{x.all.Txn(), x.bySite.Txn(), x.byDonor.Txn()}
+}
+
+func (t discTxn) commit() discIndex {
+	return discIndex{t.all.CommitOnly(), t.bySite.CommitOnly(), t.byDonor.CommitOnly()}
+}
+
+// under prefixes a key with a site or donor and a NUL (which ids and names
+// never hold).
+func under(prefix string, k []byte) []byte {
+	return append(append(append(make([]byte, 0, len(prefix)+1+len(k)), prefix...), 0), k...)
+}
+
+// put keeps d as the i-th discrepancy of its record in class.
+func (t discTxn) put(class byte, i int, d storedDisc) {
+	k := discKey(d.Record, class, i)
+	t.all.Insert(k, d)
+	if class == discOfRecord {
+		t.bySite.Insert(under(d.Site, k), d.Discrepancy)
+	}
+	if d.donor != "" {
+		t.byDonor.Insert(under(d.donor, k), d.Discrepancy)
+	}
+}
+
+// del forgets what put kept.
+func (t discTxn) del(class byte, i int, d storedDisc) {
+	k := discKey(d.Record, class, i)
+	t.all.Delete(k)
+	if class == discOfRecord {
+		t.bySite.Delete(under(d.Site, k))
+	}
+	if d.donor != "" {
+		t.byDonor.Delete(under(d.donor, k))
+	}
+}
+
 // discsOf returns the discrepancies found in one record.
-func (a *statusAgg) discsOf(id string) []Discrepancy {
-	var out []Discrepancy
-	a.discs.Root().WalkPrefix(discKey(id, discOfRecord, 0)[:len(id)+2], func(_ []byte, v any) bool {
-		out = append(out, v.(Discrepancy))
+func (a *statusAgg) discsOf(id string) []storedDisc {
+	var out []storedDisc
+	a.discs.all.Root().WalkPrefix(discKey(id, discOfRecord, 0)[:len(id)+2], func(_ []byte, v any) bool {
+		out = append(out, v.(storedDisc))
 		return false
 	})
 	return out
@@ -979,19 +1078,19 @@ func (a *statusAgg) discsOf(id string) []Discrepancy {
 
 // replaceDiscs replaces the discrepancies found in records: byID holds
 // each record's old ones and new ones.
-func (a *statusAgg) replaceDiscs(byID map[string][2][]Discrepancy) {
-	t := a.discs.Txn()
-	for id, ds := range byID {
-		// One by one: the Len of go-immutable-radix v1.3.1 goes wrong
-		// after some DeletePrefix calls.
-		for i := range ds[0] {
-			t.Delete(discKey(id, discOfRecord, i))
+func (a *statusAgg) replaceDiscs(byID map[string][2][]storedDisc) {
+	// One by one, not by prefix: the Len of go-immutable-radix v1.3.1
+	// goes wrong after some DeletePrefix calls.
+	t := a.discs.txn()
+	for _, ds := range byID {
+		for i, d := range ds[0] {
+			t.del(discOfRecord, i, d)
 		}
 		for i, d := range ds[1] {
-			t.Insert(discKey(id, discOfRecord, i), d)
+			t.put(discOfRecord, i, d)
 		}
 	}
-	a.discs = t.CommitOnly()
+	a.discs = t.commit()
 }
 
 // pledgeEntry is a pledge as the lists show it. It never changes once
@@ -1157,8 +1256,10 @@ func (t *siteTally) hasPledges(site string) bool { return t.open[site]+t.closed[
 // never changes once made, and shares what did not change with the
 // snapshot before it: making one costs what changed.
 type statusSnapshot struct {
-	pledges   *pledgeArray   // every known pledge, by change number
-	discs     *iradix.Tree   // the unfiltered discrepancies, by discKey
+	pledges   *pledgeArray // every known pledge, by change number
+	bySite    map[string][]int
+	byDonor   map[string][]int
+	discs     discIndex      // the unfiltered discrepancies
 	tally     *siteTally     // pledges summed up, unfiltered
 	donors    []DonorStatus  // from tally
 	records   int            // records of every kind
@@ -1184,11 +1285,11 @@ func (a *statusAgg) materialize(prev *statusSnapshot) *statusSnapshot {
 	case a.entries == nil || a.reordered:
 		es := make([]*pledgeEntry, len(a.order))
 		a.tally = newSiteTally()
-		t := a.discs.Txn()
+		t := a.discs.txn()
 		if a.entries != nil {
 			a.entries.all(func(e *pledgeEntry) bool {
 				if e.over != nil {
-					t.Delete(discKey(e.over.Record, discOver, 0))
+					t.del(discOver, 0, storedDisc{*e.over, e.Donor})
 					addTo(a.discSites, e.over.Site, -1)
 				}
 				return true
@@ -1199,15 +1300,20 @@ func (a *statusAgg) materialize(prev *statusSnapshot) *statusSnapshot {
 			es[i] = pa.entry()
 			a.tally.add(&es[i].PledgeStatus, 1)
 			if o := es[i].over; o != nil {
-				t.Insert(discKey(o.Record, discOver, 0), *o)
+				t.put(discOver, 0, storedDisc{*o, es[i].Donor})
 				addTo(a.discSites, o.Site, 1)
 			}
 		}
-		a.discs, a.entries, a.discMoved = t.CommitOnly(), newPledgeArray(es), true
+		a.discs, a.entries, a.discMoved = t.commit(), newPledgeArray(es), true
+		a.bySite, a.byDonor = map[string][]int{}, map[string][]int{}
+		for i, e := range es {
+			a.bySite[e.Site] = append(a.bySite[e.Site], i)
+			a.byDonor[e.Donor] = append(a.byDonor[e.Donor], i)
+		}
 	case len(a.touched) > 0:
 		set := map[int]*pledgeEntry{}
 		a.tally = a.tally.clone()
-		t := a.discs.Txn()
+		t := a.discs.txn()
 		for pa := range a.touched {
 			if pa.p == nil {
 				continue // a pledge the hub does not know is in no list
@@ -1216,22 +1322,22 @@ func (a *statusAgg) materialize(prev *statusSnapshot) *statusSnapshot {
 			a.tally.add(&old.PledgeStatus, -1)
 			a.tally.add(&e.PledgeStatus, 1)
 			if old.over != nil {
-				t.Delete(discKey(old.over.Record, discOver, 0))
+				t.del(discOver, 0, storedDisc{*old.over, old.Donor})
 				addTo(a.discSites, old.over.Site, -1)
 			}
 			if e.over != nil {
-				t.Insert(discKey(e.over.Record, discOver, 0), *e.over)
+				t.put(discOver, 0, storedDisc{*e.over, e.Donor})
 				addTo(a.discSites, e.over.Site, 1)
 			}
 			a.discMoved = a.discMoved || old.over != nil || e.over != nil
 			set[pa.pos] = e
 		}
-		a.discs, a.entries = t.CommitOnly(), a.entries.with(set)
+		a.discs, a.entries = t.commit(), a.entries.with(set)
 	}
 	a.reordered = false
 	clear(a.touched)
 
-	s := &statusSnapshot{pledges: a.entries, discs: a.discs, tally: a.tally, records: a.records,
+	s := &statusSnapshot{pledges: a.entries, bySite: a.bySite, byDonor: a.byDonor, discs: a.discs, tally: a.tally, records: a.records,
 		sites: a.sites, agents: a.agents, enrols: a.enrols, quarantined: a.quarantined}
 	if prev != nil && prev.tally == a.tally {
 		s.donors = prev.donors
@@ -1239,7 +1345,10 @@ func (a *statusAgg) materialize(prev *statusSnapshot) *statusSnapshot {
 		s.donors = a.tally.donors()
 	}
 	if prev == nil || a.recsMoved {
-		s.siteRecs = maps.Clone(a.siteRecs)
+		s.siteRecs = make(map[string]int, len(a.siteRecs))
+		for id, n := range a.siteRecs {
+			s.siteRecs[id] = *n
+		}
 	} else {
 		s.siteRecs = prev.siteRecs
 	}
@@ -1266,9 +1375,9 @@ func (s *statusSnapshot) lists() ([]PledgeStatus, []Discrepancy) {
 			s.pledgeList = append(s.pledgeList, e.PledgeStatus)
 			return true
 		})
-		s.discList = make([]Discrepancy, 0, s.discs.Len())
-		s.discs.Root().Walk(func(_ []byte, v any) bool {
-			s.discList = append(s.discList, v.(Discrepancy))
+		s.discList = make([]Discrepancy, 0, s.discs.all.Len())
+		s.discs.all.Root().Walk(func(_ []byte, v any) bool {
+			s.discList = append(s.discList, v.(storedDisc).Discrepancy)
 			return false
 		})
 	})
@@ -1278,13 +1387,13 @@ func (s *statusSnapshot) lists() ([]PledgeStatus, []Discrepancy) {
 // latestDiscs returns the last n unfiltered discrepancies, oldest first.
 func (s *statusSnapshot) latestDiscs(n int) []Discrepancy {
 	out := []Discrepancy{}
-	it := s.discs.Root().ReverseIterator()
+	it := s.discs.all.Root().ReverseIterator()
 	for len(out) < n {
 		_, v, ok := it.Previous()
 		if !ok {
 			break
 		}
-		out = append(out, v.(Discrepancy))
+		out = append(out, v.(storedDisc).Discrepancy)
 	}
 	slices.Reverse(out)
 	return out
@@ -1324,7 +1433,7 @@ func (s *statusSnapshot) view(f StatusFilter, now time.Time, latest int) *Status
 
 	if f == (StatusFilter{}) {
 		st.Totals = s.tally.totals
-		st.Totals.Pledges, st.Totals.Records, st.Totals.Discrepancies = s.pledges.n, s.records, s.discs.Len()
+		st.Totals.Pledges, st.Totals.Records, st.Totals.Discrepancies = s.pledges.n, s.records, s.discs.all.Len()
 		if latest < 0 {
 			st.Pledges, st.Discrepancies = s.lists()
 		} else {
@@ -1354,22 +1463,29 @@ func (s *statusSnapshot) view(f StatusFilter, now time.Time, latest int) *Status
 	// A site's view sees its own records only: the states of its pledges
 	// and where over-deliveries show follow from them. A donor's view sees
 	// the records naming its pledges, and the discrepancies of its pledges.
-	st.Pledges = []PledgeStatus{}
 	var overs []Discrepancy
 	records := map[string]int{}
 	mine := map[string]bool{}
-	s.pledges.all(func(e *pledgeEntry) bool {
-		if f.Donor != "" && e.Donor == f.Donor {
-			// Records naming the donor's pledges, wherever the pledge
-			// is, and the corrections of such records.
-			for _, c := range e.records {
+	if f.Donor != "" {
+		// Records naming the donor's pledges, wherever the pledge is, and
+		// the corrections of such records.
+		for _, i := range s.byDonor[f.Donor] {
+			for _, c := range s.pledges.at(i).records {
 				if f.Site == "" || c.site == f.Site {
 					records[c.site] += c.n
 				}
 			}
 		}
+	}
+	picked := s.byDonor[f.Donor]
+	if f.Site != "" {
+		picked = s.bySite[f.Site]
+	}
+	st.Pledges = make([]PledgeStatus, 0, len(picked))
+	for _, i := range picked {
+		e := s.pledges.at(i)
 		if (f.Site != "" && e.Site != f.Site) || (f.Donor != "" && e.Donor != f.Donor) {
-			return true
+			continue
 		}
 		ps := e.PledgeStatus
 		if f.Site != "" {
@@ -1379,18 +1495,20 @@ func (s *statusSnapshot) view(f StatusFilter, now time.Time, latest int) *Status
 			}
 		}
 		st.Pledges = append(st.Pledges, ps)
-		mine[ps.ID] = true
-		return true
-	})
+		if f.Site != "" && f.Donor != "" {
+			mine[ps.ID] = true
+		}
+	}
+	// A site's view: the discrepancies found in its records, of its
+	// donor's pledges if it is a donor's view too, and its own overs. A
+	// donor's view: those of its pledges.
 	st.Discrepancies = []Discrepancy{}
-	s.discs.Root().Walk(func(k []byte, v any) bool {
-		d := v.(Discrepancy)
-		switch {
-		case f.Site != "" && k[len(d.Record)+1] == discOver:
-			// The site's view has its own: overs.
-		case f.Site != "" && d.Site != f.Site:
-		case f.Donor != "" && !mine[d.Pledge]:
-		default:
+	tree, prefix := s.discs.byDonor, f.Donor
+	if f.Site != "" {
+		tree, prefix = s.discs.bySite, f.Site
+	}
+	tree.Root().WalkPrefix(under(prefix, nil), func(_ []byte, v any) bool {
+		if d := v.(Discrepancy); f.Site == "" || f.Donor == "" || mine[d.Pledge] {
 			st.Discrepancies = append(st.Discrepancies, d)
 		}
 		return false

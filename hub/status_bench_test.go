@@ -22,6 +22,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -53,6 +54,45 @@ func TestStatusIncremental(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStatusConcurrent reads the status through every kind of call while
+// records arrive, so that the race detector sees readers share snapshots
+// with the update that makes the next one; at the end the status is still
+// that of a full recomputation.
+func TestStatusConcurrent(t *testing.T) {
+	g := newHistory(t, rand.New(rand.NewPCG(7, 17)))
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for _, read := range []func() (*Status, error){
+		func() (*Status, error) { return g.th.Status(StatusFilter{}) },
+		func() (*Status, error) { return g.th.StatusSummary(10) },
+		func() (*Status, error) { return g.th.Status(StatusFilter{Site: "UA-KV-017"}) },
+		func() (*Status, error) { return g.th.Status(StatusFilter{Donor: "Estonia"}) },
+	} {
+		wg.Go(func() {
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				st, err := read()
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				// Read every list, as a page or the JSON encoder would.
+				json.NewEncoder(io.Discard).Encode(st)
+			}
+		})
+	}
+	for range 150 {
+		g.step()
+	}
+	close(stop)
+	wg.Wait()
+	g.check(150)
 }
 
 // history makes random changes at a test hub.
@@ -747,6 +787,17 @@ func benchStatus(b *testing.B, sc statusScale) {
 			}
 		}
 	}
+	encoded := func() {
+		st, err := h.Status(StatusFilter{})
+		if err != nil {
+			b.Fatal(err)
+		}
+		enc := json.NewEncoder(io.Discard)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(st); err != nil {
+			b.Fatal(err)
+		}
+	}
 	summary := func() {
 		if _, err := h.StatusSummary(10); err != nil {
 			b.Fatal(err)
@@ -771,6 +822,7 @@ func benchStatus(b *testing.B, sc statusScale) {
 		{"GET / (overview), after a bundle of 100 records", ingest, overview, n},
 		{"Status(--site), unchanged ledger", nil, status(StatusFilter{Site: fx.sites[7]}), n},
 		{"Status(--donor), unchanged ledger", nil, status(StatusFilter{Donor: statusDonors[3]}), n},
+		{"`hub status --json`: Status() encoded as the CLI and the API do", nil, encoded, 5},
 	}
 	tb := &statusTable{}
 	tb.add("first Status() after opening: builds the aggregate", []time.Duration{build})
