@@ -6,7 +6,7 @@ PKGS    := ./...
 # amd64/arm64 boxes and Windows laptops). Static: no cgo.
 CROSS   := linux/amd64 linux/arm64 windows/amd64
 
-.PHONY: all build test vet unit cross fuzz bench demo clean
+.PHONY: all build test vet unit cross fuzz bench bench-link bench-link-short demo clean
 
 all: build
 
@@ -45,9 +45,20 @@ fuzz:
 bench:
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./internal/wal/ ./internal/ledger/ ./hub/ ./agent/ 2>&1 | tee bench.out
 
+## bench-link: sync over emulated satellite links vs an HTTPS baseline; writes
+## docs/benchmarks.md ("Link (issue 4)"). The HTTPS baseline needs root (network
+## namespaces, TUN devices) and is skipped with a message otherwise. About 15
+## minutes; bench-link-short moves a tenth of the payload in about 3.
+bench-link:
+	$(GO) test -run '^$$' -bench 'Link|Handshake' -benchtime 1x -timeout 60m ./internal/linkbench/ \
+		-args -linkbench.doc=$(CURDIR)/docs/benchmarks.md 2>&1 | tee bench-link.out
+
+bench-link-short:
+	$(GO) test -run '^$$' -bench 'Link|Handshake' -benchtime 1x -short -timeout 20m ./internal/linkbench/ 2>&1 | tee bench-link.out
+
 ## demo: a hub and three site agents on loopback, a real sync, the hub's status
 demo:
 	bash scripts/demo.sh
 
 clean:
-	rm -rf $(BIN) bench.out
+	rm -rf $(BIN) bench.out bench-link.out

@@ -109,7 +109,7 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 		return res, err
 	}
 	dctx, cancel := context.WithTimeout(ctx, transport.HandshakeTimeout)
-	conn, err := quic.DialAddr(dctx, a.id.HubAddr, tlsConf, transport.QUICConfig())
+	conn, err := transport.Dial(dctx, a.id.HubAddr, tlsConf)
 	cancel()
 	if err != nil {
 		return res, fmt.Errorf("reach hub %s: %w", a.id.HubAddr, err)

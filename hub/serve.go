@@ -51,12 +51,14 @@ func (h *Hub) Serve(ctx context.Context, opts ServeOptions) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", opts.Listen, err)
 	}
-	tr := &quic.Transport{Conn: udp}
-	defer tr.Close()
-	ln, err := tr.Listen(tlsConf, transport.QUICConfig())
+	// Shielded agents and plain QUIC ones, on the one socket
+	// (docs/transport.md); Shutdown closes it.
+	ln, err := transport.Listen(udp, tlsConf)
 	if err != nil {
+		udp.Close()
 		return fmt.Errorf("listen QUIC on %s: %w", opts.Listen, err)
 	}
+	defer ln.Shutdown()
 	defer ln.Close()
 
 	var httpAddr net.Addr
