@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
@@ -168,7 +169,26 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 	acks := make(chan error, 1)
 	needs := make(chan *protocol.BlobNeed, 1)
 	var wg sync.WaitGroup
-	wg.Go(func() { acks <- a.readAcks(r, stream, needs, &res) })
+	// If the reader stops first (the hub refused a bundle, or sent
+	// something the agent cannot take), the upload must stop with it rather
+	// than spend the link on bytes the hub will not keep: the reader closes
+	// the connection, and its error is the one the user sees.
+	var readerFailed atomic.Pointer[error]
+	wg.Go(func() {
+		err := a.readAcks(r, stream, needs, &res)
+		if err != nil {
+			readerFailed.CompareAndSwap(nil, &err)
+			conn.CloseWithError(0, "")
+		}
+		acks <- err
+	})
+	abort := func(err error) (SyncResult, error) {
+		readerFailed.CompareAndSwap(nil, &err)
+		conn.CloseWithError(0, "")
+		// The reader must end before res is returned: it writes to it.
+		wg.Wait()
+		return res, *readerFailed.Load()
+	}
 	var sent int64
 	for _, b := range bundles {
 		offset := int64(0)
@@ -188,9 +208,7 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 		sent += b.Size
 		res.BytesSent += n
 		if err != nil {
-			conn.CloseWithError(0, "")
-			wg.Wait()
-			return res, fmt.Errorf("send bundle %d: %w", b.Seq, err)
+			return abort(fmt.Errorf("send bundle %d: %w", b.Seq, err))
 		}
 		res.BundlesSent++
 	}
@@ -205,18 +223,13 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 			res.Deferred = fmt.Sprintf("%d attachment(s): records only", len(pending))
 		}
 	}
-	if n, err := a.sendBlobs(stream, needs, acks, progress, blobBudget); err != nil {
-		conn.CloseWithError(0, "")
-		wg.Wait()
-		return res, err
-	} else {
-		res.BytesSent += n
+	n, err := a.sendBlobs(stream, needs, acks, progress, blobBudget)
+	res.BytesSent += n
+	if err != nil {
+		return abort(err)
 	}
 	if err := protocol.WriteMessage(stream, &protocol.Done{}); err != nil {
-		// The reader must end before res is returned: it writes to it.
-		conn.CloseWithError(0, "")
-		wg.Wait()
-		return res, fmt.Errorf("send done: %w", err)
+		return abort(fmt.Errorf("send done: %w", err))
 	}
 	wg.Wait()
 	if err := <-acks; err != nil {
@@ -377,6 +390,11 @@ func (a *Agent) oldestUnsynced(txn *memdb.Txn) (time.Time, error) {
 }
 
 func (a *Agent) recordSyncOutcome(start time.Time, res SyncResult, syncErr error) error {
+	if syncErr == nil && res.LinkBytes == 0 {
+		// Nothing reached the hub (today's budget was spent): that is no
+		// sync, and the last one stays the last one.
+		return nil
+	}
 	return a.led.Write(func(tx *ledger.Txn) error {
 		if res.LinkBytes > 0 {
 			key := metaLinkBytes + start.UTC().Format(time.DateOnly)

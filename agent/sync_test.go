@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,6 +18,7 @@ import (
 	"github.com/hashicorp/go-memdb"
 
 	"fieldsync/hub"
+	"fieldsync/internal/transport"
 	"fieldsync/protocol"
 )
 
@@ -120,6 +122,8 @@ func TestRecordSyncOutcome(t *testing.T) {
 		{"yesterday's bytes are not today's", day.Add(-10 * time.Hour), SyncResult{LinkBytes: 5000}, nil,
 			"2025-03-03T23:00:00Z", "0s", "", "", 500, 500},
 		{"over the budget", day.Add(4 * time.Minute), SyncResult{LinkBytes: 700}, nil,
+			"2025-03-04T09:04:00Z", "0s", "", "", 1200, -200},
+		{"budget spent: no sync happened", day.Add(5 * time.Minute), SyncResult{Deferred: "today's link budget is spent"}, nil,
 			"2025-03-04T09:04:00Z", "0s", "", "", 1200, -200},
 	} {
 		t.Run(step.name, func(t *testing.T) {
@@ -470,5 +474,103 @@ func TestSyncOneAtATime(t *testing.T) {
 	}
 	if st, _ := a.Status(); st.LastError != "" {
 		t.Errorf("a sync that never started recorded %q", st.LastError)
+	}
+}
+
+// TestSyncStopsAtRefusal checks that a bundle the hub refuses ends the
+// sync with the hub's reason, not with the error of a write the agent's
+// own abort cut short, and that the refused records stay unsynced.
+func TestSyncStopsAtRefusal(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	a := f.a
+	a.id.HubAddr = serve(t, f.hub)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	var first protocol.Record
+	for i := range 3 {
+		r := add(t, a, delivery(fmt.Sprintf("item %d", i), 1))
+		if i == 0 {
+			first = r
+		}
+		if _, err := a.Seal(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A bundle damaged on the disk (or forged) fails the hub's checks.
+	path := a.outboxPath(1)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0xff
+	if err := os.WriteFile(path, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = a.Sync(ctx, SyncOptions{})
+	if err == nil || !strings.Contains(err.Error(), "hub refused bundle 1") {
+		t.Fatalf("got %v, want the hub's refusal of bundle 1", err)
+	}
+	oneLine(t, err)
+	if v := view(t, a, first.ID); v.Sync == SyncSynced {
+		t.Errorf("a record of the refused bundle is %s", v.Sync)
+	}
+	if rows, err := f.hub.Rows(); err != nil || len(rows) != 0 {
+		t.Errorf("hub holds %d records after refusing the first bundle (%v)", len(rows), err)
+	}
+}
+
+// TestSyncSupersedesStaleSession checks that a sync finds the hub still
+// holding an earlier session of the agent (as after an outage, until the
+// hub's idle timeout) and goes through at once: the hub ends the old one.
+func TestSyncSupersedesStaleSession(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	a := f.a
+	a.id.HubAddr = serve(t, f.hub)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if _, err := a.Sync(ctx, SyncOptions{}); err != nil { // enrols
+		t.Fatal(err)
+	}
+
+	// The stale session: said hello, then went silent.
+	tlsConf, err := transport.ClientTLS(a.key, a.id.HubKeyPin, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale, err := transport.Dial(ctx, a.id.HubAddr, tlsConf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stale.CloseWithError(0, "")
+	str, err := stale.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hello, err := a.hello()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := protocol.WriteMessage(str, hello); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := protocol.ReadMessage(bufio.NewReader(str)); err != nil {
+		t.Fatalf("stale session: %v", err)
+	} else if _, ok := msg.(*protocol.HelloOK); !ok {
+		t.Fatalf("stale session: hub answered %T", msg)
+	}
+
+	r := add(t, a, delivery("Switch", 1))
+	if _, err := a.Sync(ctx, SyncOptions{}); err != nil {
+		t.Fatalf("sync beside a stale session: %v", err)
+	}
+	if v := view(t, a, r.ID); v.Sync != SyncSynced {
+		t.Errorf("record is %s, want synced", v.Sync)
+	}
+	select {
+	case <-stale.Context().Done():
+	case <-ctx.Done():
+		t.Error("the hub kept the stale session open")
 	}
 }

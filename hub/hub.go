@@ -78,7 +78,8 @@ type Hub struct {
 	// must see the same agent state.
 	intakeMu sync.Mutex
 	metrics  *metrics
-	status   statusCache // the aggregate behind Status
+	status   statusCache   // the aggregate behind Status
+	sessions agentSessions // one sync session per agent
 }
 
 // Options configure Open.

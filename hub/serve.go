@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/quic-go/quic-go"
 
@@ -82,6 +83,19 @@ func (h *Hub) Serve(ctx context.Context, opts ServeOptions) error {
 	if opts.Ready != nil {
 		opts.Ready(udp.LocalAddr(), httpAddr)
 	}
+
+	// Build the status aggregate now, in the background, so that the first
+	// operator to open the dashboard or run `hub status` does not wait for
+	// a pass over every record (seconds at millions of records). It is not
+	// waited for on shutdown: it only reads an in-memory snapshot.
+	go func() {
+		start := time.Now()
+		if _, err := h.StatusSummary(0); err != nil {
+			h.log.Warn("build status aggregate", "err", err)
+			return
+		}
+		h.log.Debug("status aggregate built", "took", time.Since(start).Round(time.Millisecond))
+	}()
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

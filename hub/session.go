@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 	"time"
 
 	"filippo.io/age"
@@ -100,6 +101,13 @@ func (h *Hub) session(ctx context.Context, conn *quic.Conn, stream *quic.Stream)
 		return err
 	}
 	log := h.log.With("agent", a.ID, "site", a.Site)
+	// Deferred before the upload's close, so it runs after it: the next
+	// session of this agent starts once this one's partial files are shut.
+	release, err := h.sessions.claim(ctx, a.ID, conn)
+	if err != nil {
+		return err
+	}
+	defer release()
 
 	ok2 := &protocol.HelloOK{Version: protocol.Version, HubHWM: a.BundleHWM}
 	if off := h.partialSize(fmt.Sprintf("%s-%d", a.ID, a.BundleHWM+1)); off > 0 {
@@ -353,3 +361,54 @@ func checkEnrolment(txn *memdb.Txn, agentID, site, secret, recipient string, now
 	}
 	return e, nil
 }
+
+// agentSessions lets one session per agent run at a time. An agent that
+// redials after an outage or a change of address often finds the hub still
+// holding its previous session, silent until its idle timeout; the new
+// session ends the old one and waits for it, so that two sessions never
+// write the same partial upload and the agent does not wait minutes.
+type agentSessions struct {
+	mu  sync.Mutex
+	run map[string]*agentSession // by agent id
+}
+
+type agentSession struct {
+	conn *quic.Conn
+	done chan struct{} // closed when the session has ended
+}
+
+// claim makes conn the agent's one session, ending any other first. The
+// caller must call release when its session has ended.
+func (s *agentSessions) claim(ctx context.Context, agent string, conn *quic.Conn) (release func(), err error) {
+	for {
+		s.mu.Lock()
+		old := s.run[agent]
+		if old == nil {
+			me := &agentSession{conn: conn, done: make(chan struct{})}
+			if s.run == nil {
+				s.run = map[string]*agentSession{}
+			}
+			s.run[agent] = me
+			s.mu.Unlock()
+			return func() {
+				s.mu.Lock()
+				if s.run[agent] == me {
+					delete(s.run, agent)
+				}
+				s.mu.Unlock()
+				close(me.done)
+			}, nil
+		}
+		s.mu.Unlock()
+		old.conn.CloseWithError(codeSuperseded, "a newer session of this agent took over")
+		select {
+		case <-old.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// codeSuperseded closes a session that a newer one of the same agent
+// replaced.
+const codeSuperseded quic.ApplicationErrorCode = 1

@@ -38,7 +38,11 @@ func printStatus(w io.Writer, st *hub.Status) error {
 		tw.Flush()
 	}
 	if len(st.Discrepancies) > 0 {
-		fmt.Fprintln(w, "\nDISCREPANCIES")
+		if more := st.Totals.Discrepancies - len(st.Discrepancies); more > 0 && st.Pledges == nil {
+			fmt.Fprintf(w, "\nDISCREPANCIES (the latest %d; %d more: hub status --all, --site ID, or hub export)\n", len(st.Discrepancies), more)
+		} else {
+			fmt.Fprintln(w, "\nDISCREPANCIES")
+		}
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 		for _, d := range st.Discrepancies {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", d.Kind, d.Site, dash(d.Pledge), d.Record, d.Detail)

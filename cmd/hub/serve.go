@@ -66,19 +66,36 @@ commands keep working while it runs: they are passed to it.`,
 	return cmd
 }
 
+// latestDiscrepancies is how many discrepancies the unfiltered table
+// shows; Totals counts them all.
+const latestDiscrepancies = 20
+
 func statusCmd(inv *invocation) *cobra.Command {
 	var f hub.StatusFilter
-	var asJSON bool
+	var asJSON, all bool
 	cmd := &cobra.Command{
-		Use:   "status [--site ID] [--donor D]",
+		Use:   "status [--site ID] [--donor D] [--all] [--json]",
 		Short: "the aggregated picture: pledged, received, confirmed, outstanding, disputed",
-		Args:  cobra.NoArgs,
+		Long: `The aggregated picture: pledged, received, confirmed, outstanding, disputed.
+
+Without --site or --donor the table shows totals, sites, donors and the
+latest discrepancies; --all adds every pledge and every discrepancy (a hub
+with 200,000 pledges prints 200,000 lines). --json always prints the whole
+document, as GET /api/v1/status does.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			h, err := inv.state(cmd)
 			if err != nil {
 				return err
 			}
-			st, err := h.Status(f)
+			var st *hub.Status
+			if summary := f == (hub.StatusFilter{}) && !all && !asJSON; summary {
+				// The lists that grow with the ledger cost a pass over
+				// them; the summary costs what changed since the last call.
+				st, err = h.StatusSummary(latestDiscrepancies)
+			} else {
+				st, err = h.Status(f)
+			}
 			if err != nil {
 				return err
 			}
@@ -90,7 +107,8 @@ func statusCmd(inv *invocation) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&f.Site, "site", "", "only this site")
 	cmd.Flags().StringVar(&f.Donor, "donor", "", "only this donor")
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON document")
+	cmd.Flags().BoolVar(&all, "all", false, "list every pledge and discrepancy, not only the latest discrepancies")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the whole status as one JSON document")
 	return cmd
 }
 
