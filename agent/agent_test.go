@@ -565,3 +565,28 @@ func TestPledges(t *testing.T) {
 		t.Errorf("confirmation of a cancelled pledge: got %v", err)
 	}
 }
+
+// TestPledgeIDCase checks that a pledge id typed in lower case or with
+// spaces (off a waybill) names the hub's pledge, known here yet or not.
+func TestPledgeIDCase(t *testing.T) {
+	a := newFixture(t).a
+	give(t, a, protocol.Pledge{ID: "P-1", Seq: 1, Site: testSite, Donor: "Estonia", Kind: protocol.KindHardware, Item: "FortiGate 100F", Qty: 5})
+	for _, tc := range []struct {
+		name string
+		rec  protocol.Record
+		want string
+	}{
+		{"confirmation, lower case", protocol.Record{Type: protocol.TypeConfirmation, Pledge: "p-1", Qty: 1}, "P-1"},
+		{"delivery, padded", protocol.Record{Type: protocol.TypeDelivery, Pledge: " p-1 ", Item: "FortiGate 100F", Qty: 1}, "P-1"},
+		{"delivery, pledge not here yet", protocol.Record{Type: protocol.TypeDelivery, Pledge: "p-77", Item: "Switch", Qty: 1}, "P-77"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := add(t, a, tc.rec); got.Pledge != tc.want {
+				t.Errorf("stored pledge %q, want %q", got.Pledge, tc.want)
+			}
+		})
+	}
+	if v, err := a.Pledge("p-1"); err != nil || v.ID != "P-1" {
+		t.Errorf("Pledge(p-1): %+v, %v", v, err)
+	}
+}

@@ -34,6 +34,10 @@ func (a *Agent) Export(dir string) ([]string, error) {
 	for _, b := range bundles {
 		src := a.outboxPath(b.Seq)
 		dst := filepath.Join(dir, filepath.Base(src))
+		if st, err := os.Stat(dst); err == nil && st.Size() == b.Size {
+			out = append(out, dst) // an earlier export to this stick wrote it (atomically)
+			continue
+		}
 		if err := atomicfile.Copy(dst, src, 0o600); err != nil {
 			if acked, aerr := a.acked(b.Seq); errors.Is(err, fs.ErrNotExist) && aerr == nil && acked {
 				continue // a sync running meanwhile delivered it
@@ -93,6 +97,13 @@ func (a *Agent) exportBlobs(dir string) ([]string, error) {
 	var out []string
 	for _, b := range pending {
 		dst := filepath.Join(dir, a.id.AgentID+protocol.AttachmentFileInfix+b.Hash+".age")
+		if st, err := os.Stat(dst); err == nil && st.Size() > b.Size {
+			// An earlier export to this stick sealed it (sealBlob renames
+			// a complete file into place): encrypting a large scan again
+			// would only cost the engineer time.
+			out = append(out, dst)
+			continue
+		}
 		if err := a.sealBlob(dst, b.Hash, recipient); err != nil {
 			return out, fmt.Errorf("export attachment %s: %w", b.Hash, err)
 		}

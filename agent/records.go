@@ -122,6 +122,9 @@ func (a *Agent) resolveRefs(txn *memdb.Txn, rec *protocol.Record) error {
 		rec.Target = r.ID
 	}
 	if rec.Pledge != "" {
+		// Pledge ids are the hub's, "P-" and a number; an engineer
+		// copying one off a waybill may type it in lower case.
+		rec.Pledge = strings.ToUpper(strings.TrimSpace(rec.Pledge))
 		p, err := findPledge(txn, rec.Pledge)
 		switch {
 		case err == nil:
@@ -189,7 +192,7 @@ func findRecord(txn *memdb.Txn, id string) (*protocol.Record, error) {
 
 // findPledge looks a pledge up by id or by an unambiguous id prefix.
 func findPledge(txn *memdb.Txn, id string) (*protocol.Pledge, error) {
-	obj, err := findByPrefix(txn, ledger.TablePledges, id)
+	obj, err := findByPrefix(txn, ledger.TablePledges, strings.ToUpper(strings.TrimSpace(id)))
 	if err != nil {
 		return nil, fmt.Errorf("pledge %q: %w (run `agent pledges` to see the pledges this site knows)", id, err)
 	}

@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -340,6 +341,18 @@ func TestExport(t *testing.T) {
 	}
 	if got := outbox(t, a); len(got) != 1 {
 		t.Errorf("outbox holds %v; a bundle stays until the hub acknowledges it", got)
+	}
+	// Exporting to the same stick again keeps what it holds: the sealed
+	// attachment is not encrypted anew (age would give other bytes).
+	sealed, err := os.ReadFile(want[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if files, err := a.Export(dir); err != nil || !slices.Equal(files, want) {
+		t.Fatalf("export to the same stick: %v, %v; want %v", files, err, want)
+	}
+	if b, err := os.ReadFile(want[1]); err != nil || !bytes.Equal(b, sealed) {
+		t.Errorf("export to the same stick sealed the attachment again (%v)", err)
 	}
 	for _, p := range files {
 		if res, err := f.hub.ImportFile(p); err != nil || res.State != protocol.AckApplied {

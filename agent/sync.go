@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -246,6 +247,7 @@ func (a *Agent) hello() (*protocol.Hello, error) {
 		Site:           a.id.Site,
 		EnrolSecret:    a.enrolSecret(),
 		AgentRecipient: a.ageID.Recipient().String(),
+		AgentKey:       protocol.EncodePublicKey(a.key.Public().(ed25519.PublicKey)),
 	}
 	err := a.led.Read(func(txn *memdb.Txn) error {
 		last, err := a.lastBundle(txn)

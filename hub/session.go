@@ -159,6 +159,9 @@ func (h *Hub) session(ctx context.Context, conn *quic.Conn, stream *quic.Stream)
 // enrols a new agent that presents a valid one-time secret, burning it.
 func (h *Hub) authenticate(hello *protocol.Hello, peer ed25519.PublicKey) (*ledger.Agent, error) {
 	peerKey := base64.StdEncoding.EncodeToString(peer)
+	if hello.AgentKey != "" && hello.AgentKey != protocol.EncodePublicKey(peer) {
+		return nil, &sessionError{protocol.CodeUnauthenticated, "the hello names another key than the one the connection was made with"}
+	}
 	now := h.now().UTC()
 	var out *ledger.Agent
 	err := h.led.Write(func(tx *ledger.Txn) error {
