@@ -23,6 +23,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"filippo.io/age"
@@ -84,6 +85,9 @@ type Agent struct {
 	// syncing holds a token while a sync runs: two sessions at once would
 	// upload the same bundle into the same partial file at the hub.
 	syncing chan struct{}
+	// transfer is the sync in progress, for `agent status`; nil between
+	// syncs.
+	transfer atomic.Pointer[transfer]
 }
 
 // Options configure Open.

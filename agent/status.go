@@ -2,11 +2,13 @@ package agent
 
 import (
 	"encoding/json"
+	"sync"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
 
 	"fieldsync/internal/ledger"
+	"fieldsync/internal/progress"
 	"fieldsync/protocol"
 )
 
@@ -29,12 +31,70 @@ type Status struct {
 	LastErrorAt    string    `json:"last_error_at,omitempty"`
 	Enrolled       bool      `json:"enrolled_at_hub"` // the hub accepted this agent at least once
 	HubNotes       int       `json:"hub_notes"`       // records the hub refused, quarantined or found a discrepancy in
+	// Transfer is the sync in progress, if one is.
+	Transfer *TransferStatus `json:"transfer,omitempty"`
+}
+
+// TransferStatus is how a sync in progress is going.
+type TransferStatus struct {
+	Since time.Time `json:"since"` // when the sync began
+	What  string    `json:"what"`  // "records" or "attachments", the upload's current phase; "connecting" before it
+	Sent  int64     `json:"sent_bytes"`
+	Total int64     `json:"total_bytes"`
+	// Rate is the phase's bytes per second so far, and LeftSeconds the time
+	// left at that rate; both 0 until measurable.
+	Rate        int64 `json:"rate_bytes_per_second"`
+	LeftSeconds int64 `json:"left_seconds"`
+}
+
+// transfer is what a running sync tells Status.
+type transfer struct {
+	since time.Time
+	mu    sync.Mutex
+	what  string
+	meter *progress.Meter
+}
+
+// track returns a Progress that records the phase what of the running
+// sync for Status, and passes the updates on to next (if set).
+func (a *Agent) track(what string, next Progress) Progress {
+	t := a.transfer.Load()
+	if t == nil {
+		return next
+	}
+	meter := &progress.Meter{}
+	return func(sent, total int64) {
+		t.mu.Lock()
+		t.what, t.meter = what, meter
+		t.mu.Unlock()
+		meter.Update(sent, total)
+		if next != nil {
+			next(sent, total)
+		}
+	}
+}
+
+// transferStatus returns the running sync's state, or nil.
+func (a *Agent) transferStatus() *TransferStatus {
+	t := a.transfer.Load()
+	if t == nil {
+		return nil
+	}
+	t.mu.Lock()
+	what, meter := t.what, t.meter
+	t.mu.Unlock()
+	ts := &TransferStatus{Since: t.since, What: what}
+	if meter != nil {
+		r := meter.Read()
+		ts.Sent, ts.Total, ts.Rate, ts.LeftSeconds = r.Done, r.Total, int64(r.Rate), int64(r.Left.Seconds())
+	}
+	return ts
 }
 
 // Status reports what is waiting to sync and how the last sync went.
 func (a *Agent) Status() (Status, error) {
 	s := Status{Agent: a.id.AgentID, Site: a.id.Site, SiteName: a.id.SiteName, Hub: a.id.HubAddr,
-		HubFingerprint: a.id.HubKeyPin, Enrolled: a.enrolSecret() == ""}
+		HubFingerprint: a.id.HubKeyPin, Enrolled: a.enrolSecret() == "", Transfer: a.transferStatus()}
 	err := a.led.Read(func(txn *memdb.Txn) error {
 		pts, err := a.syncPoints(txn)
 		if err != nil {

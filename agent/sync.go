@@ -85,6 +85,8 @@ func (a *Agent) Sync(ctx context.Context, opts SyncOptions) (SyncResult, error) 
 		return SyncResult{}, fmt.Errorf("wait for the sync in progress: %w", ctx.Err())
 	}
 	start := a.now()
+	a.transfer.Store(&transfer{since: start, what: "connecting"})
+	defer a.transfer.Store(nil)
 	res, err := a.sync(ctx, opts)
 	res.Took = a.now().Sub(start)
 	if serr := a.recordSyncOutcome(start, res, err); serr != nil && err == nil {
@@ -94,7 +96,7 @@ func (a *Agent) Sync(ctx context.Context, opts SyncOptions) (SyncResult, error) 
 }
 
 func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err error) {
-	progress := opts.Progress
+	progress := a.track("records", opts.Progress)
 	if _, err := a.Seal(); err != nil {
 		return res, err
 	}
@@ -224,7 +226,7 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 			res.Deferred = fmt.Sprintf("%d attachment(s): records only", len(pending))
 		}
 	}
-	n, err := a.sendBlobs(stream, needs, acks, progress, blobBudget)
+	n, err := a.sendBlobs(stream, needs, acks, a.track("attachments", opts.Progress), blobBudget)
 	res.BytesSent += n
 	if err != nil {
 		return abort(err)

@@ -574,3 +574,62 @@ func TestSyncSupersedesStaleSession(t *testing.T) {
 		t.Error("the hub kept the stale session open")
 	}
 }
+
+// TestSyncShowsTransfer checks that Status shows a sync in progress, phase
+// by phase, and nothing once it has ended.
+func TestSyncShowsTransfer(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	a := f.a
+	a.id.HubAddr = serve(t, f.hub)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	scan := filepath.Join(t.TempDir(), "waybill.jpg")
+	if err := os.WriteFile(scan, make([]byte, 3*ChunkSize+10), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Add(delivery("Switch", 2), []string{scan}); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[string]*TransferStatus{}
+	_, err := a.Sync(ctx, SyncOptions{Progress: func(sent, total int64) {
+		st, err := a.Status()
+		if err != nil || st.Transfer == nil {
+			t.Errorf("status during the sync: transfer %v, %v", st.Transfer, err)
+			return
+		}
+		seen[st.Transfer.What] = st.Transfer
+		// The hub shows the session from its hello on.
+		hs, err := f.hub.StatusSummary(0)
+		if err != nil || len(hs.Syncing) != 1 || hs.Syncing[0].Agent != a.Identity().AgentID || hs.Syncing[0].Site != testSite {
+			t.Errorf("hub status during the sync: syncing %+v, %v", hs.Syncing, err)
+		}
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := seen["records"]; r == nil || r.Total == 0 || r.Sent != r.Total || r.Since.IsZero() {
+		t.Errorf("records phase: %+v", r)
+	}
+	if at := seen["attachments"]; at == nil || at.Total != 3*ChunkSize+10 || at.Sent != at.Total {
+		t.Errorf("attachments phase: %+v", at)
+	}
+	if st, err := a.Status(); err != nil || st.Transfer != nil {
+		t.Errorf("status after the sync: transfer %+v, %v", st.Transfer, err)
+	}
+	// The hub lets the session go once the agent has closed it.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		hs, err := f.hub.StatusSummary(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(hs.Syncing) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("hub still shows %+v syncing after the sync ended", hs.Syncing)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}

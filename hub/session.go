@@ -103,7 +103,8 @@ func (h *Hub) session(ctx context.Context, conn *quic.Conn, stream *quic.Stream)
 	log := h.log.With("agent", a.ID, "site", a.Site)
 	// Deferred before the upload's close, so it runs after it: the next
 	// session of this agent starts once this one's partial files are shut.
-	release, err := h.sessions.claim(ctx, a.ID, conn)
+	sess := &agentSession{agent: a.ID, site: a.Site, remote: conn.RemoteAddr().String(), since: h.now().UTC(), conn: conn}
+	release, err := h.sessions.claim(ctx, sess)
 	if err != nil {
 		return err
 	}
@@ -133,10 +134,12 @@ func (h *Hub) session(ctx context.Context, conn *quic.Conn, stream *quic.Stream)
 		switch m := msg.(type) {
 		case *protocol.Done:
 		case *protocol.Chunk:
+			sess.received(fmt.Sprintf("bundle %d", m.Seq), m.Offset, m.Total, len(m.Data))
 			err = up.chunk(m)
 		case *protocol.BlobQuery:
 			err = up.blobQuery(m)
 		case *protocol.BlobChunk:
+			sess.received(fmt.Sprintf("attachment %x", m.Hash[:6]), m.Offset, m.Total, len(m.Data))
 			err = up.blobChunk(m)
 		default:
 			err = &sessionError{protocol.CodeMalformed, fmt.Sprintf("expected chunk, blob or done, got %s", m.Type())}
@@ -369,34 +372,52 @@ func checkEnrolment(txn *memdb.Txn, agentID, site, secret, recipient string, now
 // redials after an outage or a change of address often finds the hub still
 // holding its previous session, silent until its idle timeout; the new
 // session ends the old one and waits for it, so that two sessions never
-// write the same partial upload and the agent does not wait minutes.
+// write the same partial upload and the agent does not wait minutes. The
+// sessions are also what `hub status` shows as syncing now.
 type agentSessions struct {
 	mu  sync.Mutex
 	run map[string]*agentSession // by agent id
 }
 
+// agentSession is one agent's running sync session.
 type agentSession struct {
-	conn *quic.Conn
-	done chan struct{} // closed when the session has ended
+	agent, site, remote string
+	since               time.Time
+	conn                *quic.Conn
+	done                chan struct{} // closed when the session has ended
+
+	mu       sync.Mutex
+	bytes    int64  // payload bytes received in this session
+	object   string // what the agent is sending now
+	at, size int64  // how far into object, of its size
 }
 
-// claim makes conn the agent's one session, ending any other first. The
+// received notes a chunk of object, at offset of total, n bytes long.
+func (s *agentSession) received(object string, offset, total uint64, n int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.bytes += int64(n)
+	// Both are under the protocol's size limits, far below 1<<63.
+	s.object, s.at, s.size = object, int64(offset)+int64(n), int64(total)
+}
+
+// claim makes me its agent's one session, ending any other first. The
 // caller must call release when its session has ended.
-func (s *agentSessions) claim(ctx context.Context, agent string, conn *quic.Conn) (release func(), err error) {
+func (s *agentSessions) claim(ctx context.Context, me *agentSession) (release func(), err error) {
+	me.done = make(chan struct{})
 	for {
 		s.mu.Lock()
-		old := s.run[agent]
+		old := s.run[me.agent]
 		if old == nil {
-			me := &agentSession{conn: conn, done: make(chan struct{})}
 			if s.run == nil {
 				s.run = map[string]*agentSession{}
 			}
-			s.run[agent] = me
+			s.run[me.agent] = me
 			s.mu.Unlock()
 			return func() {
 				s.mu.Lock()
-				if s.run[agent] == me {
-					delete(s.run, agent)
+				if s.run[me.agent] == me {
+					delete(s.run, me.agent)
 				}
 				s.mu.Unlock()
 				close(me.done)
@@ -410,6 +431,35 @@ func (s *agentSessions) claim(ctx context.Context, agent string, conn *quic.Conn
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// SyncingNow is a sync session in progress, as `hub status` shows it.
+type SyncingNow struct {
+	Agent    string    `json:"agent"`
+	Site     string    `json:"site"`
+	Remote   string    `json:"remote"` // the agent's address
+	Since    time.Time `json:"since"`
+	Received int64     `json:"received_bytes"` // payload bytes so far in this session
+	// Sending is what the agent is sending now ("bundle 12", "attachment
+	// 1a2b3c4d5e6f"), At bytes of its Size across; empty between objects.
+	Sending string `json:"sending,omitempty"`
+	At      int64  `json:"at,omitempty"`
+	Size    int64  `json:"size,omitempty"`
+}
+
+// list returns the sessions in progress, by agent.
+func (s *agentSessions) list() []SyncingNow {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]SyncingNow, 0, len(s.run))
+	for _, r := range s.run {
+		r.mu.Lock()
+		out = append(out, SyncingNow{Agent: r.agent, Site: r.site, Remote: r.remote, Since: r.since,
+			Received: r.bytes, Sending: r.object, At: r.at, Size: r.size})
+		r.mu.Unlock()
+	}
+	slices.SortFunc(out, func(x, y SyncingNow) int { return cmp.Compare(x.Agent, y.Agent) })
+	return out
 }
 
 // codeSuperseded closes a session that a newer one of the same agent

@@ -105,6 +105,8 @@ type Status struct {
 	Discrepancies []Discrepancy   `json:"discrepancies"`
 	Agents        []AgentStatus   `json:"agents"`
 	Quarantined   []ledger.Bundle `json:"quarantined"`
+	// Syncing is the sync sessions in progress (of the filtered site).
+	Syncing []SyncingNow `json:"syncing"`
 }
 
 // Totals counts across the filtered picture. Cancelled pledges count in
@@ -136,7 +138,14 @@ func (h *Hub) Status(f StatusFilter) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	return snap.view(f, h.now().UTC(), -1), nil
+	return h.withSyncing(snap.view(f, h.now().UTC(), -1), f), nil
+}
+
+// withSyncing adds the sessions in progress to st: they are not in the
+// ledger, and change by the second.
+func (h *Hub) withSyncing(st *Status, f StatusFilter) *Status {
+	st.Syncing = slices.DeleteFunc(h.sessions.list(), func(s SyncingNow) bool { return f.Site != "" && s.Site != f.Site })
+	return st
 }
 
 // StatusSummary is the unfiltered Status without the lists that grow with
@@ -149,7 +158,7 @@ func (h *Hub) StatusSummary(n int) (*Status, error) {
 	if err != nil {
 		return nil, err
 	}
-	return snap.view(StatusFilter{}, h.now().UTC(), max(0, n)), nil
+	return h.withSyncing(snap.view(StatusFilter{}, h.now().UTC(), max(0, n)), StatusFilter{}), nil
 }
 
 // siteSync is what a site's agents say about its synchronisation.
@@ -1114,13 +1123,13 @@ func (pa *pledgeAgg) entry() *pledgeEntry {
 	if d, ok := pledgeDiscrepancy(p, t, pa.latestHome); ok {
 		e.overHome = &d
 	}
-	e.Outstanding, e.State = progress(p, t, e.over != nil || len(pa.discs) > 0)
-	_, e.homeState = progress(p, t, e.overHome != nil || count(pa.discs, p.Site) > 0)
+	e.Outstanding, e.State = pledgeProgress(p, t, e.over != nil || len(pa.discs) > 0)
+	_, e.homeState = pledgeProgress(p, t, e.overHome != nil || count(pa.discs, p.Site) > 0)
 	return e
 }
 
-// progress is a pledge's outstanding quantity and its state.
-func progress(p *protocol.Pledge, t ledger.Totals, disputed bool) (int64, string) {
+// pledgeProgress is a pledge's outstanding quantity and its state.
+func pledgeProgress(p *protocol.Pledge, t ledger.Totals, disputed bool) (int64, string) {
 	done := max(t.Received, t.Confirmed)
 	outstanding := max(0, p.Qty-done)
 	switch {

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"fieldsync/internal/progress"
 )
 
 // The dashboard, the JSON API and /metrics all need the operator token
@@ -113,6 +115,7 @@ var templateFuncs = template.FuncMap{
 		return colourNever
 	},
 	"stateClass": func(s string) string { return "st-" + strings.ReplaceAll(s, " ", "-") },
+	"bytes":      progress.Bytes,
 	"colour": func(name string) string {
 		return map[string]string{"pledged": colourPledged, "received": colourReceived, "confirmed": colourConfirmed,
 			"fresh": colourFresh, "stale": colourStale, "silent": colourSilent, "never": colourNever}[name]

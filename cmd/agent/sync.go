@@ -43,6 +43,14 @@ func statusCmd(inv *invocation) *cobra.Command {
 				last = st.LastSync + " (took " + st.LastSyncTook + ")"
 			}
 			fmt.Fprintf(w, "last sync  %s\n", last)
+			if t := st.Transfer; t != nil {
+				now := fmt.Sprintf("syncing    since %s: %s", t.Since.Format(time.TimeOnly), t.What)
+				if t.Total > 0 {
+					now += ", " + progress.Reading{Done: t.Sent, Total: t.Total, Rate: float64(t.Rate),
+						Left: time.Duration(t.LeftSeconds) * time.Second}.String()
+				}
+				fmt.Fprintln(w, now)
+			}
 			if st.LastError != "" {
 				fmt.Fprintf(w, "last error %s: %s\n", st.LastErrorAt, st.LastError)
 			}

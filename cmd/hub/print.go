@@ -4,14 +4,35 @@ import (
 	"fmt"
 	"io"
 	"text/tabwriter"
+	"time"
 
 	"fieldsync/hub"
+	"fieldsync/internal/progress"
 )
 
 func printStatus(w io.Writer, st *hub.Status) error {
 	t := st.Totals
 	fmt.Fprintf(w, "%d site(s), %d pledge(s): %d pledged, %d received, %d confirmed, %d outstanding; %d record(s), %d discrepancy(ies)\n\n",
 		t.Sites, t.Pledges, t.Pledged, t.Received, t.Confirmed, t.Outstanding, t.Records, t.Discrepancies)
+	if len(st.Syncing) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "SYNCING NOW\tSITE\tFROM\tFOR\tRECEIVED\tRATE\tSENDING")
+		for _, s := range st.Syncing {
+			took := st.Generated.Sub(s.Since)
+			rate := "-"
+			if took >= time.Second {
+				rate = progress.Bytes(int64(float64(s.Received)/took.Seconds())) + "/s"
+			}
+			sending := "-"
+			if s.Sending != "" {
+				sending = fmt.Sprintf("%s: %s of %s", s.Sending, progress.Bytes(s.At), progress.Bytes(s.Size))
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Agent, s.Site, s.Remote, took.Round(time.Second),
+				progress.Bytes(s.Received), rate, sending)
+		}
+		tw.Flush()
+		fmt.Fprintln(w)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "SITE\tNAME\tREGION\tOPEN\tCLOSED\tRECORDS\tISSUES\tLAST SYNC\tAGENT")
 	for _, s := range st.Sites {
