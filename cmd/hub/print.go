@@ -49,6 +49,9 @@ func printStatus(w io.Writer, st *hub.Status) error {
 		}
 		tw.Flush()
 	}
+	if st.Pledges == nil && t.Pledges > 0 {
+		fmt.Fprintf(w, "\n%d pledge(s), not listed: hub status --all, --site ID or --donor D, or hub export\n", t.Pledges)
+	}
 	if len(st.Pledges) > 0 {
 		fmt.Fprintln(w)
 		tw = tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)

@@ -66,9 +66,13 @@ commands keep working while it runs: they are passed to it.`,
 	return cmd
 }
 
-// latestDiscrepancies is how many discrepancies the unfiltered table
-// shows; Totals counts them all.
-const latestDiscrepancies = 20
+// The unfiltered table lists every pledge and discrepancy when both fit
+// in shortList; otherwise it shows the latest latestDiscrepancies and
+// says how to see the rest (Totals counts them all).
+const (
+	shortList           = 100
+	latestDiscrepancies = 20
+)
 
 func statusCmd(inv *invocation) *cobra.Command {
 	var f hub.StatusFilter
@@ -78,9 +82,10 @@ func statusCmd(inv *invocation) *cobra.Command {
 		Short: "the aggregated picture: pledged, received, confirmed, outstanding, disputed",
 		Long: `The aggregated picture: pledged, received, confirmed, outstanding, disputed.
 
-Without --site or --donor the table shows totals, sites, donors and the
-latest discrepancies; --all adds every pledge and every discrepancy (a hub
-with 200,000 pledges prints 200,000 lines). --json always prints the whole
+Without --site or --donor, on a hub with more than 100 pledges or
+discrepancies, the table shows totals, sites, donors and the latest
+discrepancies; --all adds every pledge and every discrepancy (a hub with
+200,000 pledges prints 200,000 lines). --json always prints the whole
 document, as GET /api/v1/status does.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -93,6 +98,9 @@ document, as GET /api/v1/status does.`,
 				// The lists that grow with the ledger cost a pass over
 				// them; the summary costs what changed since the last call.
 				st, err = h.StatusSummary(latestDiscrepancies)
+				if err == nil && st.Totals.Pledges <= shortList && st.Totals.Discrepancies <= shortList {
+					st, err = h.Status(f) // a small hub: everything fits on a screen
+				}
 			} else {
 				st, err = h.Status(f)
 			}
