@@ -566,8 +566,9 @@ func TestPledges(t *testing.T) {
 	}
 }
 
-// TestPledgeIDCase checks that a pledge id typed in lower case or with
-// spaces (off a waybill) names the hub's pledge, known here yet or not.
+// TestPledgeIDCase checks that a pledge id typed in lower case, with
+// spaces, a Cyrillic Р or another dash names the hub's pledge, known here
+// yet or not.
 func TestPledgeIDCase(t *testing.T) {
 	a := newFixture(t).a
 	give(t, a, protocol.Pledge{ID: "P-1", Seq: 1, Site: testSite, Donor: "Estonia", Kind: protocol.KindHardware, Item: "FortiGate 100F", Qty: 5})
@@ -579,6 +580,7 @@ func TestPledgeIDCase(t *testing.T) {
 		{"confirmation, lower case", protocol.Record{Type: protocol.TypeConfirmation, Pledge: "p-1", Qty: 1}, "P-1"},
 		{"delivery, padded", protocol.Record{Type: protocol.TypeDelivery, Pledge: " p-1 ", Item: "FortiGate 100F", Qty: 1}, "P-1"},
 		{"delivery, pledge not here yet", protocol.Record{Type: protocol.TypeDelivery, Pledge: "p-77", Item: "Switch", Qty: 1}, "P-77"},
+		{"Cyrillic Р and an en dash", protocol.Record{Type: protocol.TypeConfirmation, Pledge: "р–1", Qty: 1}, "P-1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := add(t, a, tc.rec); got.Pledge != tc.want {

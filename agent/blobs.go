@@ -88,12 +88,16 @@ func (a *Agent) sendBlobs(w io.Writer, needs <-chan *protocol.BlobNeed, readErr 
 		held := map[string]bool{}
 		for _, b := range batch {
 			held[b.Hash] = true
+			total -= b.Size // counted back below if it is sent
 		}
 		for _, want := range need.Blobs {
 			delete(held, want.Hash)
-			if size := sizeOf(batch, want.Hash) - want.Offset; budget >= 0 && sent+size > budget {
+			size := sizeOf(batch, want.Hash) - want.Offset
+			if budget >= 0 && sent+size > budget {
 				continue // waits for a sync with budget left
 			}
+			// What the hub holds of it already is not sent again.
+			total += size
 			n, err := a.sendBlob(w, want, func(done int64) {
 				if progress != nil {
 					progress(sent+done, total)

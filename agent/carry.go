@@ -1,7 +1,10 @@
 package agent
 
 import (
+	"bytes"
 	"crypto/ed25519"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -10,8 +13,10 @@ import (
 	"path/filepath"
 
 	"filippo.io/age"
+	"github.com/hashicorp/go-memdb"
 
 	"fieldsync/internal/atomicfile"
+	"fieldsync/internal/ledger"
 	"fieldsync/protocol"
 )
 
@@ -34,8 +39,8 @@ func (a *Agent) Export(dir string) ([]string, error) {
 	for _, b := range bundles {
 		src := a.outboxPath(b.Seq)
 		dst := filepath.Join(dir, filepath.Base(src))
-		if st, err := os.Stat(dst); err == nil && st.Size() == b.Size {
-			out = append(out, dst) // an earlier export to this stick wrote it (atomically)
+		if sameContent(dst, src) {
+			out = append(out, dst) // an earlier export to this stick wrote it, and it is intact
 			continue
 		}
 		if err := atomicfile.Copy(dst, src, 0o600); err != nil {
@@ -97,48 +102,121 @@ func (a *Agent) exportBlobs(dir string) ([]string, error) {
 	var out []string
 	for _, b := range pending {
 		dst := filepath.Join(dir, a.id.AgentID+protocol.AttachmentFileInfix+b.Hash+".age")
-		if st, err := os.Stat(dst); err == nil && st.Size() > b.Size {
-			// An earlier export to this stick sealed it (sealBlob renames
-			// a complete file into place): encrypting a large scan again
-			// would only cost the engineer time.
+		if a.sealedCopyIntact(dst, b.Hash) {
+			// Encrypting a large scan again would only cost the engineer
+			// time; a copy damaged on the stick is sealed anew.
 			out = append(out, dst)
 			continue
 		}
-		if err := a.sealBlob(dst, b.Hash, recipient); err != nil {
+		sum, err := a.sealBlob(dst, b.Hash, recipient)
+		if err != nil {
 			return out, fmt.Errorf("export attachment %s: %w", b.Hash, err)
+		}
+		if err := a.led.Write(func(tx *ledger.Txn) error {
+			return tx.Put(ledger.TableMeta, &ledger.Meta{Key: metaSealed + b.Hash, Value: sum})
+		}); err != nil {
+			return out, err
 		}
 		out = append(out, dst)
 	}
 	return out, nil
 }
 
-func (a *Agent) sealBlob(dst, sum string, to age.Recipient) error {
+// metaSealed + an attachment's hash is the SHA-256 (hex) of the sealed copy
+// last written to a stick: age encrypts anew each time, so only this tells
+// an intact copy from a damaged one.
+const metaSealed = "sealed:"
+
+// sealedCopyIntact reports whether dst holds the sealed copy of the
+// attachment sum that the agent last wrote.
+func (a *Agent) sealedCopyIntact(dst, sum string) bool {
+	var want string
+	a.led.Read(func(txn *memdb.Txn) error {
+		if obj, err := txn.First(ledger.TableMeta, ledger.IndexID, metaSealed+sum); err == nil && obj != nil {
+			want = obj.(*ledger.Meta).Value
+		}
+		return nil
+	})
+	if want == "" {
+		return false
+	}
+	got, err := fileSHA256(dst)
+	return err == nil && got == want
+}
+
+// sealBlob writes the attachment sum to dst, encrypted to the hub, and
+// returns the SHA-256 of what it wrote.
+func (a *Agent) sealBlob(dst, sum string, to age.Recipient) (string, error) {
 	src, err := a.attachments.Open(sum)
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer src.Close()
 	tmp, err := os.CreateTemp(filepath.Dir(dst), ".export-*")
 	if err != nil {
-		return err
+		return "", err
 	}
 	defer os.Remove(tmp.Name()) // no-op after the rename
 	defer tmp.Close()
-	w, err := age.Encrypt(tmp, to)
+	h := sha256.New()
+	w, err := age.Encrypt(io.MultiWriter(tmp, h), to)
 	if err != nil {
-		return err
+		return "", err
 	}
 	if _, err := io.Copy(w, src); err != nil {
-		return err
+		return "", err
 	}
 	if err := w.Close(); err != nil {
-		return err
+		return "", err
 	}
 	if err := tmp.Sync(); err != nil {
-		return err
+		return "", err
 	}
 	if err := tmp.Close(); err != nil {
-		return err
+		return "", err
 	}
-	return os.Rename(tmp.Name(), dst)
+	return hex.EncodeToString(h.Sum(nil)), os.Rename(tmp.Name(), dst)
+}
+
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// sameContent reports whether the files at x and y hold the same bytes.
+func sameContent(x, y string) bool {
+	fx, err := os.Open(x)
+	if err != nil {
+		return false
+	}
+	defer fx.Close()
+	fy, err := os.Open(y)
+	if err != nil {
+		return false
+	}
+	defer fy.Close()
+	if sx, err := fx.Stat(); err != nil {
+		return false
+	} else if sy, err := fy.Stat(); err != nil || sx.Size() != sy.Size() {
+		return false
+	}
+	bx, by := make([]byte, 64<<10), make([]byte, 64<<10)
+	for {
+		nx, ex := io.ReadFull(fx, bx)
+		ny, ey := io.ReadFull(fy, by)
+		if nx != ny || !bytes.Equal(bx[:nx], by[:ny]) {
+			return false
+		}
+		if ex != nil || ey != nil {
+			return (ex == io.EOF || ex == io.ErrUnexpectedEOF) && (ey == io.EOF || ey == io.ErrUnexpectedEOF)
+		}
+	}
 }

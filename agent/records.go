@@ -122,9 +122,7 @@ func (a *Agent) resolveRefs(txn *memdb.Txn, rec *protocol.Record) error {
 		rec.Target = r.ID
 	}
 	if rec.Pledge != "" {
-		// Pledge ids are the hub's, "P-" and a number; an engineer
-		// copying one off a waybill may type it in lower case.
-		rec.Pledge = strings.ToUpper(strings.TrimSpace(rec.Pledge))
+		rec.Pledge = normalPledgeID(rec.Pledge)
 		p, err := findPledge(txn, rec.Pledge)
 		switch {
 		case err == nil:
@@ -190,9 +188,25 @@ func findRecord(txn *memdb.Txn, id string) (*protocol.Record, error) {
 	return obj.(*protocol.Record), nil
 }
 
+// normalPledgeID folds what an engineer may type for a pledge id into the
+// hub's form, "P-" and a number: lower case, spaces around it, a Cyrillic
+// "Р" from a Ukrainian keyboard (it looks the same), a dash from a word
+// processor.
+func normalPledgeID(id string) string {
+	return strings.Map(func(r rune) rune {
+		switch r {
+		case 'Р':
+			return 'P'
+		case '‐', '‑', '–', '—', '−':
+			return '-'
+		}
+		return r
+	}, strings.ToUpper(strings.TrimSpace(id)))
+}
+
 // findPledge looks a pledge up by id or by an unambiguous id prefix.
 func findPledge(txn *memdb.Txn, id string) (*protocol.Pledge, error) {
-	obj, err := findByPrefix(txn, ledger.TablePledges, strings.ToUpper(strings.TrimSpace(id)))
+	obj, err := findByPrefix(txn, ledger.TablePledges, normalPledgeID(id))
 	if err != nil {
 		return nil, fmt.Errorf("pledge %q: %w (run `agent pledges` to see the pledges this site knows)", id, err)
 	}

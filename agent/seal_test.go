@@ -354,6 +354,27 @@ func TestExport(t *testing.T) {
 	if b, err := os.ReadFile(want[1]); err != nil || !bytes.Equal(b, sealed) {
 		t.Errorf("export to the same stick sealed the attachment again (%v)", err)
 	}
+	// A stick pulled out too early keeps the sizes over broken bytes:
+	// exporting again repairs both files.
+	for _, p := range want {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		clear(b[len(b)/2:])
+		if err := os.WriteFile(p, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if files, err := a.Export(dir); err != nil || !slices.Equal(files, want) {
+		t.Fatalf("export over a damaged stick: %v, %v; want %v", files, err, want)
+	}
+	if b, err := os.ReadFile(want[0]); err != nil || !bytes.Equal(b, mustRead(t, a.outboxPath(1))) {
+		t.Errorf("the damaged bundle on the stick was kept (%v)", err)
+	}
+	if b, err := os.ReadFile(want[1]); err != nil || bytes.Equal(b, sealed) || len(b) != len(sealed) {
+		t.Errorf("the damaged attachment on the stick was not sealed anew (%v)", err)
+	}
 	for _, p := range files {
 		if res, err := f.hub.ImportFile(p); err != nil || res.State != protocol.AckApplied {
 			t.Errorf("hub import %s: %+v, %v", filepath.Base(p), res, err)
@@ -367,4 +388,13 @@ func TestExport(t *testing.T) {
 	if len(again) == 0 || filepath.Base(again[0]) != id+"-1.age" {
 		t.Errorf("second export %v", again)
 	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -29,8 +29,11 @@ type Status struct {
 	LastSyncTook   string    `json:"last_sync_took,omitempty"`
 	LastError      string    `json:"last_error,omitempty"`
 	LastErrorAt    string    `json:"last_error_at,omitempty"`
-	Enrolled       bool      `json:"enrolled_at_hub"` // the hub accepted this agent at least once
-	HubNotes       int       `json:"hub_notes"`       // records the hub refused, quarantined or found a discrepancy in
+	// Deferred is what the last sync left for later and why, after the
+	// time it said so ("2026-11-23T10:00:00Z today's link budget is spent; …").
+	Deferred string `json:"deferred,omitempty"`
+	Enrolled bool   `json:"enrolled_at_hub"` // the hub accepted this agent at least once
+	HubNotes int    `json:"hub_notes"`       // records the hub refused, quarantined or found a discrepancy in
 	// Transfer is the sync in progress, if one is.
 	Transfer *TransferStatus `json:"transfer,omitempty"`
 }
@@ -38,9 +41,11 @@ type Status struct {
 // TransferStatus is how a sync in progress is going.
 type TransferStatus struct {
 	Since time.Time `json:"since"` // when the sync began
-	What  string    `json:"what"`  // "records" or "attachments", the upload's current phase; "connecting" before it
-	Sent  int64     `json:"sent_bytes"`
-	Total int64     `json:"total_bytes"`
+	// What the sync does now: "sealing", "connecting", "records" and
+	// "attachments" (uploads, with byte counts), "receiving" (from the hub).
+	What  string `json:"what"`
+	Sent  int64  `json:"sent_bytes"`
+	Total int64  `json:"total_bytes"`
 	// Rate is the phase's bytes per second so far, and LeftSeconds the time
 	// left at that rate; both 0 until measurable.
 	Rate        int64 `json:"rate_bytes_per_second"`
@@ -71,6 +76,15 @@ func (a *Agent) track(what string, next Progress) Progress {
 		if next != nil {
 			next(sent, total)
 		}
+	}
+}
+
+// phase notes what the running sync does now, when it has no byte count.
+func (a *Agent) phase(what string) {
+	if t := a.transfer.Load(); t != nil {
+		t.mu.Lock()
+		t.what, t.meter = what, nil
+		t.mu.Unlock()
 	}
 }
 
@@ -150,6 +164,7 @@ func (a *Agent) Status() (Status, error) {
 		}
 		for key, dst := range map[string]*string{
 			metaLastSync: &s.LastSync, metaLastSyncTook: &s.LastSyncTook, metaLastError: &s.LastError, metaLastErrorAt: &s.LastErrorAt,
+			metaDeferred: &s.Deferred,
 		} {
 			obj, err := txn.First(ledger.TableMeta, ledger.IndexID, key)
 			if err != nil {

@@ -31,6 +31,7 @@ const (
 	metaLastSyncTook = "last_sync_took"
 	metaLastError    = "last_error"
 	metaLastErrorAt  = "last_error_at"
+	metaDeferred     = "deferred" // what the last sync that ended well left for later, and why
 )
 
 // ChunkSize is how much of a bundle one wire message carries; the hub makes
@@ -85,9 +86,10 @@ func (a *Agent) Sync(ctx context.Context, opts SyncOptions) (SyncResult, error) 
 		return SyncResult{}, fmt.Errorf("wait for the sync in progress: %w", ctx.Err())
 	}
 	start := a.now()
-	a.transfer.Store(&transfer{since: start, what: "connecting"})
+	a.transfer.Store(&transfer{since: start, what: "sealing"})
 	defer a.transfer.Store(nil)
 	res, err := a.sync(ctx, opts)
+	err = explainHubClose(err)
 	res.Took = a.now().Sub(start)
 	if serr := a.recordSyncOutcome(start, res, err); serr != nil && err == nil {
 		err = serr
@@ -105,9 +107,10 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 		return res, err
 	}
 	if left <= 0 {
-		res.Deferred = "today's link budget is spent"
+		res.Deferred = "today's link budget is spent; it renews at 00:00 UTC"
 		return res, nil
 	}
+	a.phase("connecting")
 	tlsConf, err := transport.ClientTLS(a.key, a.id.HubKeyPin, sessionCache)
 	if err != nil {
 		return res, err
@@ -234,6 +237,7 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 	if err := protocol.WriteMessage(stream, &protocol.Done{}); err != nil {
 		return abort(fmt.Errorf("send done: %w", err))
 	}
+	a.phase("receiving")
 	wg.Wait()
 	if err := <-acks; err != nil {
 		return res, err
@@ -340,7 +344,14 @@ func (a *Agent) readAcks(r *bufio.Reader, w io.Writer, needs chan<- *protocol.Bl
 			for _, ref := range m.Refused {
 				a.log.Warn("hub refused an attachment", "sha256", ref.Hash, "reason", ref.Reason)
 			}
-			needs <- m
+			// The agent waits for each answer before it asks again, so
+			// the buffer is free unless the hub answers what it was not
+			// asked; blocking here would hang the sync.
+			select {
+			case needs <- m:
+			default:
+				return errors.New("hub sent an attachment answer nobody asked for")
+			}
 		case *protocol.BlobAck:
 			if err := a.blobDelivered(m); err != nil {
 				return err
@@ -351,6 +362,16 @@ func (a *Agent) readAcks(r *bufio.Reader, w io.Writer, needs chan<- *protocol.Bl
 			return hubError(msg)
 		}
 	}
+}
+
+// explainHubClose says in words why the hub closed the connection, where
+// quic-go would only say "Application error 0x1 (remote)".
+func explainHubClose(err error) error {
+	var ae *quic.ApplicationError
+	if errors.As(err, &ae) && ae.Remote && ae.ErrorCode == protocol.SessionSuperseded {
+		return errors.New("the hub ended this session: a newer connection with this agent's key took over (is a copy of this agent running elsewhere?)")
+	}
+	return err
 }
 
 func hubError(msg protocol.Message) error {
@@ -394,12 +415,23 @@ func (a *Agent) oldestUnsynced(txn *memdb.Txn) (time.Time, error) {
 }
 
 func (a *Agent) recordSyncOutcome(start time.Time, res SyncResult, syncErr error) error {
-	if syncErr == nil && res.LinkBytes == 0 {
-		// Nothing reached the hub (today's budget was spent): that is no
-		// sync, and the last one stays the last one.
-		return nil
-	}
 	return a.led.Write(func(tx *ledger.Txn) error {
+		if syncErr == nil {
+			// Left for later (budget spent, records only): `agent status`
+			// says so, or the unsynced records would go unexplained.
+			note := ""
+			if res.Deferred != "" {
+				note = start.UTC().Format(time.RFC3339) + " " + res.Deferred
+			}
+			if err := tx.Put(ledger.TableMeta, &ledger.Meta{Key: metaDeferred, Value: note}); err != nil {
+				return err
+			}
+			if res.LinkBytes == 0 {
+				// Nothing reached the hub: that is no sync, and the last
+				// one stays the last one.
+				return nil
+			}
+		}
 		if res.LinkBytes > 0 {
 			key := metaLinkBytes + start.UTC().Format(time.DateOnly)
 			used, err := metaInt(tx.Txn, key)

@@ -3,6 +3,7 @@ package agent
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/go-memdb"
+	"github.com/quic-go/quic-go"
 
 	"fieldsync/hub"
 	"fieldsync/internal/transport"
@@ -174,8 +176,11 @@ func TestSyncBudgetSpent(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Deferred != "today's link budget is spent" || res.BundlesSent != 0 || res.LinkBytes != 0 {
+	if res.Deferred != "today's link budget is spent; it renews at 00:00 UTC" || res.BundlesSent != 0 || res.LinkBytes != 0 {
 		t.Errorf("result %+v", res)
+	}
+	if st, err := a.Status(); err != nil || st.Deferred != "2025-03-04T12:00:00Z "+res.Deferred || st.LastSync != "2025-03-04T11:00:00Z" {
+		t.Errorf("status: deferred %q, last sync %q (%v)", st.Deferred, st.LastSync, err)
 	}
 	if v := view(t, a, r.ID); v.Sync != SyncSent {
 		t.Errorf("record is %s, want sealed (sent)", v.Sync)
@@ -520,10 +525,11 @@ func TestSyncStopsAtRefusal(t *testing.T) {
 	}
 }
 
-// TestSyncSupersedesStaleSession checks that a sync finds the hub still
-// holding an earlier session of the agent (as after an outage, until the
-// hub's idle timeout) and goes through at once: the hub ends the old one.
-func TestSyncSupersedesStaleSession(t *testing.T) {
+// TestSyncBesideLiveSession checks what the hub does with a second
+// session of an agent while the first is still talking (a copy of the
+// agent's key in use elsewhere): the newcomer is refused in words, and the
+// first is left alone. Replacing a silent session is TestClaim's (hub).
+func TestSyncBesideLiveSession(t *testing.T) {
 	t.Parallel()
 	f := newFixture(t)
 	a := f.a
@@ -534,45 +540,89 @@ func TestSyncSupersedesStaleSession(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The stale session: said hello, then went silent.
-	tlsConf, err := transport.ClientTLS(a.key, a.id.HubKeyPin, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	stale, err := transport.Dial(ctx, a.id.HubAddr, tlsConf)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stale.CloseWithError(0, "")
-	str, err := stale.OpenStreamSync(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	live, r := rawSession(t, ctx, a, a.key)
 	hello, err := a.hello()
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := protocol.WriteMessage(live, hello); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := protocol.ReadMessage(r); err != nil {
+		t.Fatalf("first session: %v", err)
+	} else if _, ok := msg.(*protocol.HelloOK); !ok {
+		t.Fatalf("first session: hub answered %T", msg)
+	}
+
+	_, err = a.Sync(ctx, SyncOptions{})
+	if err == nil || !strings.Contains(err.Error(), "another session of agent "+a.Identity().AgentID+" is active from") {
+		t.Fatalf("second session: %v, want a refusal naming the live one", err)
+	}
+	oneLine(t, err)
+	// The first session goes on.
+	if err := protocol.WriteMessage(live, &protocol.Done{}); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		msg, err := protocol.ReadMessage(r)
+		if err != nil {
+			t.Fatalf("first session after the refusal: %v", err)
+		}
+		if d, ok := msg.(*protocol.DownBundle); ok {
+			protocol.WriteMessage(live, &protocol.DownAck{Seq: d.Seq})
+		}
+		if _, ok := msg.(*protocol.Bye); ok {
+			break
+		}
+	}
+}
+
+// TestHelloNamesAnotherKey checks that a hello naming a key other than the
+// one the connection was made with is refused.
+func TestHelloNamesAnotherKey(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	a := f.a
+	a.id.HubAddr = serve(t, f.hub)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	str, r := rawSession(t, ctx, a, a.key)
+	hello, err := a.hello()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, _, _ := ed25519.GenerateKey(nil)
+	hello.AgentKey = protocol.EncodePublicKey(other)
 	if err := protocol.WriteMessage(str, hello); err != nil {
 		t.Fatal(err)
 	}
-	if msg, err := protocol.ReadMessage(bufio.NewReader(str)); err != nil {
-		t.Fatalf("stale session: %v", err)
-	} else if _, ok := msg.(*protocol.HelloOK); !ok {
-		t.Fatalf("stale session: hub answered %T", msg)
+	msg, err := protocol.ReadMessage(r)
+	if err != nil {
+		t.Fatal(err)
 	}
+	if e, ok := msg.(*protocol.Error); !ok || e.Code != protocol.CodeUnauthenticated {
+		t.Fatalf("hub answered %+v, want unauthenticated", msg)
+	}
+}
 
-	r := add(t, a, delivery("Switch", 1))
-	if _, err := a.Sync(ctx, SyncOptions{}); err != nil {
-		t.Fatalf("sync beside a stale session: %v", err)
+// rawSession opens a stream to a's hub with key, for tests that speak the
+// protocol by hand.
+func rawSession(t *testing.T, ctx context.Context, a *Agent, key ed25519.PrivateKey) (*quic.Stream, *bufio.Reader) {
+	t.Helper()
+	tlsConf, err := transport.ClientTLS(key, a.id.HubKeyPin, nil)
+	if err != nil {
+		t.Fatal(err)
 	}
-	if v := view(t, a, r.ID); v.Sync != SyncSynced {
-		t.Errorf("record is %s, want synced", v.Sync)
+	conn, err := transport.Dial(ctx, a.id.HubAddr, tlsConf)
+	if err != nil {
+		t.Fatal(err)
 	}
-	select {
-	case <-stale.Context().Done():
-	case <-ctx.Done():
-		t.Error("the hub kept the stale session open")
+	t.Cleanup(func() { conn.CloseWithError(0, "") })
+	str, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return str, bufio.NewReader(str)
 }
 
 // TestSyncShowsTransfer checks that Status shows a sync in progress, phase

@@ -84,23 +84,24 @@ func (h *Hub) Serve(ctx context.Context, opts ServeOptions) error {
 		opts.Ready(udp.LocalAddr(), httpAddr)
 	}
 
-	// Build the status aggregate now, in the background, so that the first
-	// operator to open the dashboard or run `hub status` does not wait for
-	// a pass over every record (seconds at millions of records). It is not
-	// waited for on shutdown: it only reads an in-memory snapshot.
-	go func() {
-		start := time.Now()
-		if _, err := h.StatusSummary(0); err != nil {
-			h.log.Warn("build status aggregate", "err", err)
-			return
-		}
-		h.log.Debug("status aggregate built", "took", time.Since(start).Round(time.Millisecond))
-	}()
-
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make(chan error, 3)
+	wg.Go(func() {
+		// Build the status aggregate now, so that the first operator to
+		// open the dashboard or run `hub status` does not wait for a pass
+		// over every record (seconds at millions). A shutdown meanwhile
+		// waits for it: the build cannot stop half-way.
+		start := time.Now()
+		if _, err := h.status.current(h.led); err != nil {
+			if ctx.Err() == nil {
+				h.log.Warn("build status aggregate", "err", err)
+			}
+			return
+		}
+		h.log.Debug("status aggregate built", "took", time.Since(start).Round(time.Millisecond))
+	})
 	wg.Go(func() { errs <- h.watchDrop(ctx, drop) })
 	if httpLn != nil {
 		wg.Go(func() { errs <- h.serveHTTP(ctx, httpLn) })

@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"io"
 	"slices"
-	"sync"
 	"time"
 
 	"filippo.io/age"
@@ -51,13 +50,16 @@ func (h *Hub) handleConn(ctx context.Context, conn *quic.Conn) {
 	}
 	err = h.session(sctx, conn, stream)
 	outcome := "ok"
-	if err != nil {
+	var se *sessionError
+	switch {
+	case errors.Is(err, errSuperseded):
+		outcome = "superseded" // logged where it was decided
+	case errors.As(err, &se):
+		outcome = se.code
+		protocol.WriteMessage(stream, &protocol.Error{Code: se.code, Message: se.msg})
+		h.log.Warn("sync session ended", "remote", conn.RemoteAddr().String(), "err", err)
+	case err != nil:
 		outcome = "error"
-		var se *sessionError
-		if errors.As(err, &se) {
-			outcome = se.code
-			protocol.WriteMessage(stream, &protocol.Error{Code: se.code, Message: se.msg})
-		}
 		h.log.Warn("sync session ended", "remote", conn.RemoteAddr().String(), "err", err)
 	}
 	h.metrics.sessions.WithLabelValues(outcome).Inc()
@@ -71,16 +73,25 @@ func (h *Hub) handleConn(ctx context.Context, conn *quic.Conn) {
 }
 
 // deadlineReader renews a read deadline before every read, so a silent agent
-// cannot hold a session forever.
-type deadlineReader struct{ s *quic.Stream }
+// cannot hold a session forever, and tells the session when it last heard
+// from the agent.
+type deadlineReader struct {
+	s    *quic.Stream
+	sess *agentSession
+}
 
 func (d deadlineReader) Read(p []byte) (int, error) {
 	d.s.SetReadDeadline(time.Now().Add(SessionIdle))
-	return d.s.Read(p)
+	n, err := d.s.Read(p)
+	if n > 0 {
+		d.sess.heard()
+	}
+	return n, err
 }
 
-func (h *Hub) session(ctx context.Context, conn *quic.Conn, stream *quic.Stream) error {
-	r := bufio.NewReader(deadlineReader{stream})
+func (h *Hub) session(ctx context.Context, conn *quic.Conn, stream *quic.Stream) (err error) {
+	sess := &agentSession{remote: conn.RemoteAddr().String(), since: h.now().UTC(), conn: conn}
+	r := bufio.NewReader(deadlineReader{stream, sess})
 	msg, err := protocol.ReadMessage(r)
 	if err != nil {
 		return &sessionError{protocol.CodeMalformed, "expected hello: " + err.Error()}
@@ -101,14 +112,26 @@ func (h *Hub) session(ctx context.Context, conn *quic.Conn, stream *quic.Stream)
 		return err
 	}
 	log := h.log.With("agent", a.ID, "site", a.Site)
+	sess.agent, sess.site = a.ID, a.Site
 	// Deferred before the upload's close, so it runs after it: the next
 	// session of this agent starts once this one's partial files are shut.
-	sess := &agentSession{agent: a.ID, site: a.Site, remote: conn.RemoteAddr().String(), since: h.now().UTC(), conn: conn}
-	release, err := h.sessions.claim(ctx, sess)
+	release, err := h.sessions.claim(ctx, sess, h.log)
 	if err != nil {
 		return err
 	}
 	defer release()
+	defer func() {
+		if sess.superseded.Load() {
+			err = errSuperseded
+		}
+	}()
+	// A session this one replaced may have applied bundles meanwhile:
+	// where to resume is what the hub holds now.
+	if a, err = h.agent(a.ID); err != nil {
+		return err
+	} else if a == nil || a.IsRevoked() {
+		return &sessionError{protocol.CodeRevoked, "agent " + sess.agent + " was revoked; ask the hub operator for a new enrolment"}
+	}
 
 	ok2 := &protocol.HelloOK{Version: protocol.Version, HubHWM: a.BundleHWM}
 	if off := h.partialSize(fmt.Sprintf("%s-%d", a.ID, a.BundleHWM+1)); off > 0 {
@@ -134,13 +157,15 @@ func (h *Hub) session(ctx context.Context, conn *quic.Conn, stream *quic.Stream)
 		switch m := msg.(type) {
 		case *protocol.Done:
 		case *protocol.Chunk:
-			sess.received(fmt.Sprintf("bundle %d", m.Seq), m.Offset, m.Total, len(m.Data))
-			err = up.chunk(m)
+			if err = up.chunk(m); err == nil {
+				sess.received(fmt.Sprintf("bundle %d", m.Seq), m.Offset, m.Total, len(m.Data))
+			}
 		case *protocol.BlobQuery:
 			err = up.blobQuery(m)
 		case *protocol.BlobChunk:
-			sess.received(fmt.Sprintf("attachment %x", m.Hash[:6]), m.Offset, m.Total, len(m.Data))
-			err = up.blobChunk(m)
+			if err = up.blobChunk(m); err == nil {
+				sess.received(fmt.Sprintf("attachment %x", m.Hash[:6]), m.Offset, m.Total, len(m.Data))
+			}
 		default:
 			err = &sessionError{protocol.CodeMalformed, fmt.Sprintf("expected chunk, blob or done, got %s", m.Type())}
 		}
@@ -367,101 +392,3 @@ func checkEnrolment(txn *memdb.Txn, agentID, site, secret, recipient string, now
 	}
 	return e, nil
 }
-
-// agentSessions lets one session per agent run at a time. An agent that
-// redials after an outage or a change of address often finds the hub still
-// holding its previous session, silent until its idle timeout; the new
-// session ends the old one and waits for it, so that two sessions never
-// write the same partial upload and the agent does not wait minutes. The
-// sessions are also what `hub status` shows as syncing now.
-type agentSessions struct {
-	mu  sync.Mutex
-	run map[string]*agentSession // by agent id
-}
-
-// agentSession is one agent's running sync session.
-type agentSession struct {
-	agent, site, remote string
-	since               time.Time
-	conn                *quic.Conn
-	done                chan struct{} // closed when the session has ended
-
-	mu       sync.Mutex
-	bytes    int64  // payload bytes received in this session
-	object   string // what the agent is sending now
-	at, size int64  // how far into object, of its size
-}
-
-// received notes a chunk of object, at offset of total, n bytes long.
-func (s *agentSession) received(object string, offset, total uint64, n int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.bytes += int64(n)
-	// Both are under the protocol's size limits, far below 1<<63.
-	s.object, s.at, s.size = object, int64(offset)+int64(n), int64(total)
-}
-
-// claim makes me its agent's one session, ending any other first. The
-// caller must call release when its session has ended.
-func (s *agentSessions) claim(ctx context.Context, me *agentSession) (release func(), err error) {
-	me.done = make(chan struct{})
-	for {
-		s.mu.Lock()
-		old := s.run[me.agent]
-		if old == nil {
-			if s.run == nil {
-				s.run = map[string]*agentSession{}
-			}
-			s.run[me.agent] = me
-			s.mu.Unlock()
-			return func() {
-				s.mu.Lock()
-				if s.run[me.agent] == me {
-					delete(s.run, me.agent)
-				}
-				s.mu.Unlock()
-				close(me.done)
-			}, nil
-		}
-		s.mu.Unlock()
-		old.conn.CloseWithError(codeSuperseded, "a newer session of this agent took over")
-		select {
-		case <-old.done:
-		case <-ctx.Done():
-			return nil, ctx.Err()
-		}
-	}
-}
-
-// SyncingNow is a sync session in progress, as `hub status` shows it.
-type SyncingNow struct {
-	Agent    string    `json:"agent"`
-	Site     string    `json:"site"`
-	Remote   string    `json:"remote"` // the agent's address
-	Since    time.Time `json:"since"`
-	Received int64     `json:"received_bytes"` // payload bytes so far in this session
-	// Sending is what the agent is sending now ("bundle 12", "attachment
-	// 1a2b3c4d5e6f"), At bytes of its Size across; empty between objects.
-	Sending string `json:"sending,omitempty"`
-	At      int64  `json:"at,omitempty"`
-	Size    int64  `json:"size,omitempty"`
-}
-
-// list returns the sessions in progress, by agent.
-func (s *agentSessions) list() []SyncingNow {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]SyncingNow, 0, len(s.run))
-	for _, r := range s.run {
-		r.mu.Lock()
-		out = append(out, SyncingNow{Agent: r.agent, Site: r.site, Remote: r.remote, Since: r.since,
-			Received: r.bytes, Sending: r.object, At: r.at, Size: r.size})
-		r.mu.Unlock()
-	}
-	slices.SortFunc(out, func(x, y SyncingNow) int { return cmp.Compare(x.Agent, y.Agent) })
-	return out
-}
-
-// codeSuperseded closes a session that a newer one of the same agent
-// replaced.
-const codeSuperseded quic.ApplicationErrorCode = 1

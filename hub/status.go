@@ -105,8 +105,8 @@ type Status struct {
 	Discrepancies []Discrepancy   `json:"discrepancies"`
 	Agents        []AgentStatus   `json:"agents"`
 	Quarantined   []ledger.Bundle `json:"quarantined"`
-	// Syncing is the sync sessions in progress (of the filtered site).
-	Syncing []SyncingNow `json:"syncing"`
+	// Syncing is the sync sessions in progress, of the sites in Sites.
+	Syncing []Session `json:"syncing"`
 }
 
 // Totals counts across the filtered picture. Cancelled pledges count in
@@ -144,7 +144,16 @@ func (h *Hub) Status(f StatusFilter) (*Status, error) {
 // withSyncing adds the sessions in progress to st: they are not in the
 // ledger, and change by the second.
 func (h *Hub) withSyncing(st *Status, f StatusFilter) *Status {
-	st.Syncing = slices.DeleteFunc(h.sessions.list(), func(s SyncingNow) bool { return f.Site != "" && s.Site != f.Site })
+	st.Syncing = h.sessions.list()
+	if f != (StatusFilter{}) {
+		// A donor's view names only the donor's sites, and is the kind of
+		// document that is sent on: no other site's addresses in it.
+		shown := map[string]bool{}
+		for _, s := range st.Sites {
+			shown[s.ID] = true
+		}
+		st.Syncing = slices.DeleteFunc(st.Syncing, func(s Session) bool { return !shown[s.Site] })
+	}
 	return st
 }
 

@@ -306,7 +306,7 @@ func (g *history) check(step int) {
 		if err != nil {
 			g.t.Fatal(err)
 		}
-		want.Syncing = []SyncingNow{} // no sessions here: not the aggregate's
+		want.Syncing = []Session{} // no sessions here: not the aggregate's
 		got, _ := json.MarshalIndent(st, "", " ")
 		exp, _ := json.MarshalIndent(want, "", " ")
 		if !bytes.Equal(got, exp) {

@@ -51,6 +51,9 @@ func statusCmd(inv *invocation) *cobra.Command {
 				}
 				fmt.Fprintln(w, now)
 			}
+			if st.Deferred != "" {
+				fmt.Fprintf(w, "deferred   %s\n", st.Deferred)
+			}
 			if st.LastError != "" {
 				fmt.Fprintf(w, "last error %s: %s\n", st.LastErrorAt, st.LastError)
 			}

@@ -16,19 +16,14 @@ func printStatus(w io.Writer, st *hub.Status) error {
 		t.Sites, t.Pledges, t.Pledged, t.Received, t.Confirmed, t.Outstanding, t.Records, t.Discrepancies)
 	if len(st.Syncing) > 0 {
 		tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "SYNCING NOW\tSITE\tFROM\tFOR\tRECEIVED\tRATE\tSENDING")
+		fmt.Fprintln(tw, "SYNCING NOW\tSITE\tFROM\tFOR\tLAST HEARD\tRECEIVED\tSENDING")
 		for _, s := range st.Syncing {
-			took := st.Generated.Sub(s.Since)
-			rate := "-"
-			if took >= time.Second {
-				rate = progress.Bytes(int64(float64(s.Received)/took.Seconds())) + "/s"
-			}
 			sending := "-"
 			if s.Sending != "" {
 				sending = fmt.Sprintf("%s: %s of %s", s.Sending, progress.Bytes(s.At), progress.Bytes(s.Size))
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Agent, s.Site, s.Remote, took.Round(time.Second),
-				progress.Bytes(s.Received), rate, sending)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Agent, s.Site, s.Remote, st.Generated.Sub(s.Since),
+				secondsAgo(s.LastHeard, st.Generated), progress.Bytes(s.Received), sending)
 		}
 		tw.Flush()
 		fmt.Fprintln(w)
@@ -94,4 +89,13 @@ func clip(s string, n int) string {
 		return s
 	}
 	return string([]rune(s)[:n-1]) + "…"
+}
+
+// secondsAgo says how long before now t was, to the second: a session's
+// last message matters by the second, where hub.Ago rounds to minutes.
+func secondsAgo(t, now time.Time) string {
+	if d := now.Sub(t); d >= time.Second {
+		return d.Round(time.Second).String() + " ago"
+	}
+	return "now"
 }

@@ -20,7 +20,8 @@ type Meter struct {
 	mu          sync.Mutex
 	now         func() time.Time // time.Now unless a test sets it
 	phaseStart  time.Time
-	base        int64 // done at the phase's first update
+	phaseEnd    time.Time // when done reached total; zero before
+	base        int64     // done at the phase's first update
 	done, total int64
 }
 
@@ -35,10 +36,16 @@ type Reading struct {
 func (m *Meter) Update(done, total int64) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	now := m.clock()
 	if m.phaseStart.IsZero() || total != m.total {
-		m.phaseStart, m.base = m.clock(), done
+		m.phaseStart, m.phaseEnd, m.base = now, time.Time{}, done
 	}
 	m.done, m.total = done, total
+	if done >= total && m.phaseEnd.IsZero() {
+		// Done: the rate is what it was, not what waiting for the
+		// other end makes of it.
+		m.phaseEnd = now
+	}
 }
 
 // Read returns the transfer's state now.
@@ -49,8 +56,12 @@ func (m *Meter) Read() Reading {
 	if m.phaseStart.IsZero() {
 		return r
 	}
+	end := m.phaseEnd
+	if end.IsZero() {
+		end = m.clock()
+	}
 	// Under a second in, a rate says more about buffers than the link.
-	if elapsed := m.clock().Sub(m.phaseStart).Seconds(); elapsed >= 1 && m.done > m.base {
+	if elapsed := end.Sub(m.phaseStart).Seconds(); elapsed >= 1 && m.done > m.base {
 		r.Rate = float64(m.done-m.base) / elapsed
 		if m.total > m.done {
 			r.Left = time.Duration(float64(m.total-m.done) / r.Rate * float64(time.Second)).Round(time.Second)
@@ -119,8 +130,8 @@ func (b *Bar) Update(done, total int64) {
 		return
 	}
 	b.last = now
-	// Pad over what a longer line before left.
-	fmt.Fprintf(b.w, "\r%s %s   ", b.label, b.meter.Read())
+	// \x1b[K clears what a longer line before left.
+	fmt.Fprintf(b.w, "\r%s %s\x1b[K", b.label, b.meter.Read())
 	b.drawn = true
 }
 

@@ -46,9 +46,11 @@ func TestMeter(t *testing.T) {
 		{500 * time.Millisecond, 650_000, 1_000_000, Reading{Done: 650_000, Total: 1_000_000}},
 		{2 * time.Second, 800_000, 1_000_000, Reading{Done: 800_000, Total: 1_000_000, Rate: 100_000, Left: 2 * time.Second}},
 		{3 * time.Second, 1_000_000, 1_000_000, Reading{Done: 1_000_000, Total: 1_000_000, Rate: 400_000.0 / 3}},
+		// Done: waiting for the other end does not lower the rate.
+		{9 * time.Second, 1_000_000, 1_000_000, Reading{Done: 1_000_000, Total: 1_000_000, Rate: 400_000.0 / 3}},
 		// Attachments: a new total starts a new phase.
-		{3 * time.Second, 0, 5_000_000, Reading{Done: 0, Total: 5_000_000}},
-		{7 * time.Second, 1_000_000, 5_000_000, Reading{Done: 1_000_000, Total: 5_000_000, Rate: 250_000, Left: 16 * time.Second}},
+		{9 * time.Second, 0, 5_000_000, Reading{Done: 0, Total: 5_000_000}},
+		{13 * time.Second, 1_000_000, 5_000_000, Reading{Done: 1_000_000, Total: 5_000_000, Rate: 250_000, Left: 16 * time.Second}},
 	} {
 		now = start.Add(step.at)
 		m.Update(step.done, step.total)
