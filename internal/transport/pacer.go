@@ -198,18 +198,23 @@ func (p *pacer) onSend(now time.Time, size, inflight int, appLimited bool) sendS
 	if appLimited {
 		p.appLimitedEnd = max(p.delivered+int64(inflight+size), 1)
 	}
+	p.charge(now, size)
+	return sendState{
+		delivered:   p.delivered,
+		deliveredAt: p.deliveredAt,
+		firstSentAt: p.firstSentAt,
+		appLimited:  p.appLimitedEnd != 0,
+	}
+}
+
+// charge takes size bytes sent at now off the pacing budget.
+func (p *pacer) charge(now time.Time, size int) {
 	if r := p.rate(); r > 0 {
 		start := p.nextSend
 		if floor := now.Add(-pacingBurst); start.Before(floor) {
 			start = floor
 		}
 		p.nextSend = start.Add(time.Duration(float64(size) / r * float64(time.Second)))
-	}
-	return sendState{
-		delivered:   p.delivered,
-		deliveredAt: p.deliveredAt,
-		firstSentAt: p.firstSentAt,
-		appLimited:  p.appLimitedEnd != 0,
 	}
 }
 

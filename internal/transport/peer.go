@@ -328,16 +328,26 @@ const (
 	pairWindow = 30 * time.Millisecond
 )
 
+// holeRounds is how many round trips past its turn a missing packet is
+// waited for: time for two more retransmissions. Giving up on it makes
+// QUIC see a loss and cut its window by 30 %, which NewReno takes
+// minutes to win back on a long path; a wait holds QUIC for under a
+// round trip (docs/transport.md).
+const holeRounds = 2
+
 // playout is the delay from a packet's arrival to its delivery: enough for
-// a lost one to be sent again (a round trip, the queue the pacer lets
-// stand, the time to notice, and room), constant so that QUIC's
-// round-trip samples stay flat. It is unknown (zero) until the path's
-// round trip is.
+// a lost one to be sent again (a round trip, the quarter of one that the
+// pacer's window lets queue at the bottleneck, and 20 ms to notice),
+// constant so that QUIC's round-trip samples stay flat. It is unknown
+// (zero) until the path's round trip is. Every QUIC round trip pays it
+// (the handshake, each request, each round of slow start), so it is no
+// longer than that: a retransmission that misses its turn holds what
+// came after it (holeRounds) rather than becoming a loss.
 func (p *peer) playout() time.Duration {
 	if p.pacer.minRTT == 0 {
 		return 0
 	}
-	return p.pacer.minRTT*3/2 + 20*time.Millisecond
+	return p.pacer.minRTT*5/4 + 20*time.Millisecond
 }
 
 // deliver hands a fresh QUIC packet to the reader, through the playout.
@@ -414,14 +424,15 @@ func (p *peer) releaseAt() time.Time {
 	}
 	// The next is missing: wait for it as long as for the first that
 	// arrived after it (or, after an outage, from the path's return),
-	// and half a round trip more.
+	// and holeRounds round trips more, for retransmissions that were
+	// lost too.
 	for _, e := range p.ring {
 		if e != nil {
 			from := e.arrived
 			if p.resumedAt.After(from) {
 				from = p.resumedAt
 			}
-			return later(from.Add(h + p.pacer.minRTT/2))
+			return later(from.Add(h + p.pacer.minRTT/2 + holeRounds*max(p.srtt, p.pacer.minRTT)))
 		}
 	}
 	return time.Time{}

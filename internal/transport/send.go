@@ -44,6 +44,16 @@ func (p *peer) pump(s *Shield, now time.Time, final bool, out []outgoing) []outg
 		s.stats.DataSent++
 		s.stats.DataBytes += int64(len(b))
 		out = append(out, outgoing{b: b, addr: p.addr})
+		if pk.sends > 1 && p.twice() {
+			// A second copy: the receiver's playout covers one
+			// retransmission, and a lost one stalls QUIC.
+			p.pacer.charge(now, pk.size)
+			s.stats.DataSent++
+			s.stats.DataBytes += int64(len(b))
+			s.stats.RetransmitBytes += int64(len(b))
+			s.stats.Duplicated++
+			out = append(out, outgoing{b: b, addr: p.addr})
+		}
 	}
 	if final {
 		return out
@@ -83,6 +93,15 @@ func (p *peer) pump(s *Shield, now time.Time, final bool, out []outgoing) []outg
 		out = append(out, outgoing{b: b, addr: p.addr})
 	}
 	return out
+}
+
+// twice reports whether a retransmission goes out in two copies: when
+// the link time a lost retransmission costs (the receiver holds what
+// came after it for about three quarters of a round trip more, and QUIC
+// above waits) is worth more than twice the bytes of the copy. On a path
+// that loses 5 % at 2 Mbit/s and 700 ms it is; at 0.5 % it is not.
+func (p *peer) twice() bool {
+	return p.pacer.loss*p.pacer.bdp()*3/4 > 2*MaxDatagram
 }
 
 // nextToSend picks the next packet to send at now, if the window and the

@@ -96,6 +96,7 @@ type ShieldStats struct {
 	DataSent        int64 // data frames sent, retransmissions included
 	DataBytes       int64 // their bytes, headers included
 	Retransmits     int64 // data frames sent again
+	Duplicated      int64 // retransmissions sent in two copies
 	RetransmitBytes int64
 	AcksSent        int64 // acknowledgement frames on their own
 	AckBytes        int64
@@ -144,9 +145,10 @@ type PathInfo struct {
 // Beneath QUIC, between the two ends of a path, it numbers each QUIC
 // packet, acknowledges what arrived, sends again what was lost, and paces
 // what it sends at the path's measured rate. The receiving end hands each
-// QUIC packet over a fixed playout delay after it arrived (about one and a
-// half round trips), in order, so that a lost packet sent again is back
-// before its turn. QUIC above sees a lossless path with a constant, longer
+// QUIC packet over a fixed playout delay after it arrived (a round trip
+// and a quarter, and 20 ms), in order, so that a lost packet sent again is
+// back before its turn. On a path that loses much, retransmissions go out
+// in two copies. QUIC above sees a lossless path with a constant, longer
 // round trip: NewReno's window neither collapses under random loss nor
 // stops growing early, and an outage is a pause, not a loss.
 //

@@ -670,3 +670,48 @@ func TestHostileDatagrams(t *testing.T) {
 		}
 	})
 }
+
+// TestTwice checks when a retransmission goes out in two copies: where a
+// lost retransmission would cost more link time than the copy costs
+// bytes, which depends on the loss and the bandwidth-delay product.
+func TestTwice(t *testing.T) {
+	tests := []struct {
+		name string
+		rate float64 // bits per second
+		rtt  time.Duration
+		loss float64
+		want bool
+	}{
+		{"geo-bad", 2e6, 700 * time.Millisecond, 0.05, true},
+		{"geo", 5e6, 600 * time.Millisecond, 0.01, false}, // just under
+		{"geo at 2 %", 5e6, 600 * time.Millisecond, 0.02, true},
+		{"leo", 20e6, 40 * time.Millisecond, 0.005, false},
+		{"bgan", 0.4e6, 800 * time.Millisecond, 0.005, false},
+		{"no loss", 5e6, 600 * time.Millisecond, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := newPeer(&net.UDPAddr{}, time.Now())
+			p.pacer.seed(time.Now(), tt.rate/8, tt.rtt)
+			p.pacer.loss = tt.loss
+			if got := p.twice(); got != tt.want {
+				t.Errorf("twice() = %v at %.1f%% loss, want %v", got, 100*tt.loss, tt.want)
+			}
+		})
+	}
+}
+
+// TestHoleWait checks that a missing packet holds what came after it for
+// two round trips past its turn, time for two more retransmissions,
+// before it is skipped.
+func TestHoleWait(t *testing.T) {
+	now := time.Unix(1000, 0)
+	p := newPeer(&net.UDPAddr{}, now)
+	p.pacer.minRTT, p.srtt = 600*time.Millisecond, 600*time.Millisecond
+	p.dlvInit, p.dlvNext = true, 10
+	p.ring = []*heldPacket{nil, {data: []byte{0x40}, arrived: now}}
+	want := now.Add(p.playout() + 300*time.Millisecond + 2*600*time.Millisecond)
+	if got := p.releaseAt(); !got.Equal(want) {
+		t.Errorf("a hole is skipped %v after the next packet arrived, want %v", got.Sub(now), want.Sub(now))
+	}
+}
