@@ -6,7 +6,7 @@ PKGS    := ./...
 # amd64/arm64 boxes and Windows laptops). Static: no cgo.
 CROSS   := linux/amd64 linux/arm64 windows/amd64
 
-.PHONY: all build test vet unit cross fuzz bench bench-link bench-link-short demo clean
+.PHONY: all build test vet unit cross fuzz bench bench-link bench-link-short bench-netem demo clean
 
 all: build
 
@@ -53,6 +53,13 @@ bench-link:
 	$(GO) test -run '^$$' -bench 'Link|Handshake' -benchtime 1x -timeout 60m ./internal/linkbench/ \
 		-args -linkbench.doc=$(CURDIR)/docs/benchmarks.md 2>&1 | tee bench-link.out
 
+## bench-netem: the real agent and hub binaries over real kernel UDP (and an
+## HTTPS upload over kernel TCP) between two network namespaces, each SPEC
+## profile through tc netem (a TUN link where the kernel has no netem).
+## Needs root; about 15 minutes.
+bench-netem:
+	$(GO) test -run '^$$' -bench Netem -benchtime 1x -timeout 60m ./internal/linkbench/ 2>&1 | tee bench-netem.out
+
 bench-link-short:
 	$(GO) test -run '^$$' -bench 'Link|Handshake' -benchtime 1x -short -timeout 20m ./internal/linkbench/ 2>&1 | tee bench-link.out
 
@@ -61,4 +68,4 @@ demo:
 	bash scripts/demo.sh
 
 clean:
-	rm -rf $(BIN) bench.out bench-link.out
+	rm -rf $(BIN) bench.out bench-link.out bench-netem.out
