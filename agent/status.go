@@ -14,21 +14,24 @@ import (
 
 // Status is the agent's sync state: the document behind `agent status`.
 type Status struct {
-	Agent          string    `json:"agent"`
-	Site           string    `json:"site"`
-	SiteName       string    `json:"site_name"`
-	Hub            string    `json:"hub"`
-	HubFingerprint string    `json:"hub_fingerprint"`
-	Records        int       `json:"records"`
-	Unsynced       int       `json:"unsynced_records"`
-	UnsyncedBytes  int64     `json:"unsynced_bytes"` // sealed bundles not yet acknowledged, plus an estimate for unsealed records
-	OldestUnsynced time.Time `json:"oldest_unsynced,omitzero"`
-	Pledges        int       `json:"pledges"`
-	PledgesOpen    int       `json:"pledges_open"`
-	LastSync       string    `json:"last_sync,omitempty"`
-	LastSyncTook   string    `json:"last_sync_took,omitempty"`
-	LastError      string    `json:"last_error,omitempty"`
-	LastErrorAt    string    `json:"last_error_at,omitempty"`
+	Agent          string `json:"agent"`
+	Site           string `json:"site"`
+	SiteName       string `json:"site_name"`
+	Hub            string `json:"hub"`
+	HubFingerprint string `json:"hub_fingerprint"`
+	Records        int    `json:"records"`
+	Unsynced       int    `json:"unsynced_records"`
+	UnsyncedBytes  int64  `json:"unsynced_bytes"` // sealed bundles not yet acknowledged, plus an estimate for unsealed records
+	// Attachments the hub has not confirmed holding, and their size.
+	AttachmentsPending     int       `json:"attachments_pending"`
+	AttachmentBytesPending int64     `json:"attachment_bytes_pending"`
+	OldestUnsynced         time.Time `json:"oldest_unsynced,omitzero"`
+	Pledges                int       `json:"pledges"`
+	PledgesOpen            int       `json:"pledges_open"`
+	LastSync               string    `json:"last_sync,omitempty"`
+	LastSyncTook           string    `json:"last_sync_took,omitempty"`
+	LastError              string    `json:"last_error,omitempty"`
+	LastErrorAt            string    `json:"last_error_at,omitempty"`
 	// Deferred is what the last sync left for later and why, after the
 	// time it said so ("2026-11-23T10:00:00Z today's link budget is spent; …").
 	Deferred string `json:"deferred,omitempty"`
@@ -121,12 +124,25 @@ func (a *Agent) Status() (Status, error) {
 		if err != nil {
 			return err
 		}
+		seen := map[string]bool{}
 		for obj := it.Next(); obj != nil; obj = it.Next() {
 			r := obj.(*protocol.Record)
 			if r.Agent != a.id.AgentID {
 				break
 			}
 			s.Records++
+			for _, att := range r.Attachments {
+				if seen[att.SHA256] {
+					continue
+				}
+				seen[att.SHA256] = true
+				if held, err := txn.First(ledger.TableMeta, ledger.IndexID, blobMetaPrefix+att.SHA256); err != nil {
+					return err
+				} else if held == nil {
+					s.AttachmentsPending++
+					s.AttachmentBytesPending += att.Size
+				}
+			}
 			if r.Seq <= pts.acked {
 				continue
 			}

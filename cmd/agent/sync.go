@@ -34,6 +34,9 @@ func statusCmd(inv *invocation) *cobra.Command {
 			w := cmd.OutOrStdout()
 			fmt.Fprintf(w, "agent      %s\nsite       %s (%s)\nhub        %s (%s)\n", st.Agent, st.Site, st.SiteName, st.Hub, st.HubFingerprint)
 			fmt.Fprintf(w, "records    %d, %d not yet acknowledged by the hub (%s)\n", st.Records, st.Unsynced, progress.Bytes(st.UnsyncedBytes))
+			if st.AttachmentsPending > 0 {
+				fmt.Fprintf(w, "attached   %d file(s), %s, not yet held by the hub\n", st.AttachmentsPending, progress.Bytes(st.AttachmentBytesPending))
+			}
 			if !st.OldestUnsynced.IsZero() {
 				fmt.Fprintf(w, "oldest     unsynced since %s\n", st.OldestUnsynced.Format(time.RFC3339))
 			}
