@@ -368,8 +368,14 @@ func (a *Agent) readAcks(r *bufio.Reader, w io.Writer, needs chan<- *protocol.Bl
 // quic-go would only say "Application error 0x1 (remote)".
 func explainHubClose(err error) error {
 	var ae *quic.ApplicationError
-	if errors.As(err, &ae) && ae.Remote && ae.ErrorCode == protocol.SessionSuperseded {
+	if !errors.As(err, &ae) || !ae.Remote {
+		return err
+	}
+	switch ae.ErrorCode {
+	case protocol.SessionSuperseded:
 		return errors.New("the hub ended this session: a newer connection with this agent's key took over (is a copy of this agent running elsewhere?)")
+	case protocol.SessionRevoked:
+		return errors.New("the hub revoked this agent during the session; ask the hub operator for a new enrolment")
 	}
 	return err
 }

@@ -671,3 +671,35 @@ func TestSyncShowsTransfer(t *testing.T) {
 		t.Errorf("status after the sync: transfer %+v, %d attachment(s) pending (%v)", st.Transfer, st.AttachmentsPending, err)
 	}
 }
+
+// TestRevokeEndsSession checks that revoking an agent ends its session in
+// progress at once, with a code the agent turns into words.
+func TestRevokeEndsSession(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	a := f.a
+	a.id.HubAddr = serve(t, f.hub)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	if _, err := a.Sync(ctx, SyncOptions{}); err != nil { // enrols
+		t.Fatal(err)
+	}
+	str, r := rawSession(t, ctx, a, a.key)
+	hello, err := a.hello()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := protocol.WriteMessage(str, hello); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := protocol.ReadMessage(r); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.hub.Revoke(a.Identity().AgentID, "device captured"); err != nil {
+		t.Fatal(err)
+	}
+	_, err = protocol.ReadMessage(r)
+	if err = explainHubClose(err); err == nil || !strings.Contains(err.Error(), "revoked this agent during the session") {
+		t.Fatalf("session after the revocation: %v", err)
+	}
+}

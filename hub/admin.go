@@ -88,7 +88,7 @@ func (h *Hub) Enrol(req EnrolRequest) (*protocol.Enrolment, error) {
 // longer connect, and bundles it sends afterwards are quarantined. Unused
 // enrolments of the site are cancelled too. It returns the agents revoked.
 func (h *Hub) Revoke(agentOrSite, reason string) ([]string, error) {
-	var revoked []string
+	var revoked, agents []string
 	now := h.now().UTC()
 	err := h.led.Write(func(tx *ledger.Txn) error {
 		var targets []*ledger.Agent
@@ -137,9 +137,17 @@ func (h *Hub) Revoke(agentOrSite, reason string) ([]string, error) {
 				return err
 			}
 			revoked = append(revoked, c.ID)
+			agents = append(agents, c.ID)
 		}
 		return nil
 	})
+	if err == nil {
+		// A session in progress ends now, not when it next fails: a
+		// revoked device (captured, say) sends nothing more.
+		for _, id := range agents {
+			h.sessions.end(id, protocol.SessionRevoked, "agent revoked")
+		}
+	}
 	return revoked, err
 }
 

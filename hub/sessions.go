@@ -127,6 +127,16 @@ func (s *agentSessions) claim(ctx context.Context, me *agentSession, log *slog.L
 	return release, nil
 }
 
+// end closes agent's session, if one runs, with code and reason.
+func (s *agentSessions) end(agent string, code quic.ApplicationErrorCode, reason string) {
+	s.mu.Lock()
+	r := s.run[agent]
+	s.mu.Unlock()
+	if r != nil {
+		r.conn.CloseWithError(code, reason)
+	}
+}
+
 // Session is a sync session in progress, as `hub status` shows it.
 type Session struct {
 	Agent  string    `json:"agent"`

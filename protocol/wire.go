@@ -108,10 +108,15 @@ const (
 	CodeBusy            = "busy"            // the hub is overloaded; retry later, with backoff
 )
 
-// SessionSuperseded is the QUIC application error code with which the hub
-// closes an agent's session when a newer session of the same agent
-// replaces it (the hub keeps one session per agent). Zero is a normal close.
-const SessionSuperseded = 1
+// QUIC application error codes with which the hub closes an agent's
+// session early. Zero is a normal close.
+const (
+	// SessionSuperseded: a newer session of the same agent replaced this
+	// one (the hub keeps one session per agent).
+	SessionSuperseded = 1
+	// SessionRevoked: the hub's operator revoked the agent.
+	SessionRevoked = 2
+)
 
 // Ack states: what the hub did with a bundle it received whole. Every state
 // but AckRefused means the hub holds the bundle durably.
