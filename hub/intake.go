@@ -154,6 +154,11 @@ func (h *Hub) IntakeFile(path string) (Result, error) {
 // apply stores a verified bundle's records and moves the agent's chain on,
 // in one durable write. Records already stored by (agent, seq) are skipped:
 // that is what makes every record apply exactly once.
+//
+// It reads everything it decides on before it writes any record, and then
+// writes the records in one run: in a memdb write transaction, a read of an
+// index between two writes to it makes the next write copy that index's
+// nodes afresh, which tripled the cost of applying a large bundle.
 func (h *Hub) apply(b *protocol.Bundle) (int, error) {
 	m := b.Manifest
 	now := h.now().UTC()
@@ -164,50 +169,38 @@ func (h *Hub) apply(b *protocol.Bundle) (int, error) {
 			return fmt.Errorf("agent %s vanished during intake", m.From)
 		}
 		a := *obj.(*ledger.Agent)
-		fb := newFeedbackWriter(tx, a.ID, m.Seq, now)
+		fresh, err := newRecords(tx.Txn, &a, b.Records)
+		if err != nil {
+			return err
+		}
+		// What is wrong with each record itself, against the state before
+		// the bundle: a record's own bundle is of its own site, and so
+		// never what makes its serial numbers seen elsewhere. Over-delivery
+		// is a matter of the pledge's totals, checked once per pledge below
+		// rather than per record.
+		found := make([][]Discrepancy, len(fresh))
+		for i, j := range fresh {
+			if found[i], err = recordDiscrepancies(tx.Txn, &b.Records[j], false); err != nil {
+				return err
+			}
+		}
 		lastOf := map[string]*protocol.Record{} // pledge → its last record in this bundle
-		for i := range b.Records {
-			rec := &b.Records[i]
-			if rec.Agent != m.From || rec.Site != a.Site {
-				return &IntakeError{Result: Result{State: protocol.AckQuarantined,
-					Reason: fmt.Sprintf("record %s claims agent %q site %q, not the sender's", rec.ID, rec.Agent, rec.Site)}}
-			}
-			old, err := tx.First(ledger.TableRecords, ledger.IndexSeq, rec.Agent, rec.Seq)
-			if err != nil {
+		for _, j := range fresh {
+			if err := putRecord(tx, b, j); err != nil {
 				return err
 			}
-			if old != nil {
-				if old.(*protocol.Record).ID != rec.ID {
-					return &IntakeError{Result: Result{State: protocol.AckQuarantined,
-						Reason: fmt.Sprintf("record %d of agent %s was already applied with another id", rec.Seq, rec.Agent)}}
-				}
-				continue
+			if rec := &b.Records[j]; rec.Pledge != "" {
+				lastOf[rec.Pledge] = rec
 			}
-			if dup, err := tx.First(ledger.TableRecords, ledger.IndexID, rec.ID); err != nil {
-				return err
-			} else if dup != nil {
-				return &IntakeError{Result: Result{State: protocol.AckQuarantined,
-					Reason: fmt.Sprintf("record id %s is already used by another record", rec.ID)}}
-			}
-			if err := tx.Put(ledger.TableRecords, rec); err != nil {
-				return err
-			}
-			// What is wrong with the record itself; over-delivery is a
-			// matter of the pledge's totals, checked once per pledge below
-			// rather than per record.
-			ds, err := recordDiscrepancies(tx.Txn, rec, false)
-			if err != nil {
-				return err
-			}
+		}
+		applied = len(fresh)
+		fb := newFeedbackWriter(tx, a.ID, m.Seq, now)
+		for i, ds := range found {
 			for _, d := range ds {
-				if err := fb.add(rec.ID, protocol.FeedbackDiscrepancy, d.Kind+": "+d.Detail); err != nil {
+				if err := fb.add(b.Records[fresh[i]].ID, protocol.FeedbackDiscrepancy, d.Kind+": "+d.Detail); err != nil {
 					return err
 				}
 			}
-			if rec.Pledge != "" {
-				lastOf[rec.Pledge] = rec
-			}
-			applied++
 		}
 		for _, id := range slices.Sorted(maps.Keys(lastOf)) {
 			obj, err := tx.First(ledger.TablePledges, ledger.IndexID, id)
@@ -238,6 +231,56 @@ func (h *Hub) apply(b *protocol.Bundle) (int, error) {
 		})
 	})
 	return applied, err
+}
+
+// putRecord stores record i of b. A bundle opened by protocol.OpenBundle
+// has the line each record came in, which the ledger logs as it is rather
+// than encode the record again.
+func putRecord(tx *ledger.Txn, b *protocol.Bundle, i int) error {
+	if len(b.RecordJSON) == len(b.Records) {
+		return tx.PutRecord(&b.Records[i], b.RecordJSON[i])
+	}
+	return tx.Put(ledger.TableRecords, &b.Records[i])
+}
+
+// newRecords returns the indexes of the records of a bundle from agent a
+// that the hub does not hold yet, in order; or an *IntakeError if one
+// claims another sender, or an (agent, seq) or an id that another record
+// has, in the ledger or earlier in the bundle. (The bundle's seqs increase,
+// which the bundle decoder checked.)
+func newRecords(txn *memdb.Txn, a *ledger.Agent, recs []protocol.Record) ([]int, error) {
+	quarantine := func(format string, args ...any) error {
+		return &IntakeError{Result: Result{State: protocol.AckQuarantined, Reason: fmt.Sprintf(format, args...)}}
+	}
+	fresh := make([]int, 0, len(recs))
+	ids := make(map[string]bool, len(recs))
+	for i := range recs {
+		rec := &recs[i]
+		if rec.Agent != a.ID || rec.Site != a.Site {
+			return nil, quarantine("record %s claims agent %q site %q, not the sender's", rec.ID, rec.Agent, rec.Site)
+		}
+		if ids[rec.ID] {
+			return nil, quarantine("record id %s is already used by another record", rec.ID)
+		}
+		ids[rec.ID] = true
+		old, err := txn.First(ledger.TableRecords, ledger.IndexSeq, rec.Agent, rec.Seq)
+		if err != nil {
+			return nil, err
+		}
+		if old != nil {
+			if old.(*protocol.Record).ID != rec.ID {
+				return nil, quarantine("record %d of agent %s was already applied with another id", rec.Seq, rec.Agent)
+			}
+			continue
+		}
+		if dup, err := txn.First(ledger.TableRecords, ledger.IndexID, rec.ID); err != nil {
+			return nil, err
+		} else if dup != nil {
+			return nil, quarantine("record id %s is already used by another record", rec.ID)
+		}
+		fresh = append(fresh, i)
+	}
+	return fresh, nil
 }
 
 // refuse reports a bundle that cannot be trusted at all. Nothing is stored.

@@ -125,7 +125,11 @@ type Bundle struct {
 	// next bundle's PrevHash chains to it.
 	Hash    string
 	Records []Record
-	Down    []DownItem
+	// RecordJSON holds, for each of Records, the line of the body it was
+	// decoded from: its canonical JSON, signed by the sender. A store can
+	// keep these bytes as they are rather than encode the record again.
+	RecordJSON [][]byte
+	Down       []DownItem
 }
 
 // DownItemType says what a DownItem carries.
@@ -760,6 +764,23 @@ func decodeCanonical(data []byte, v any) error {
 	return nil
 }
 
+// decodeRecordLine decodes one record line into r, which is the zero
+// Record, as decodeCanonical does. Most lines take the fast path: decoded
+// by DecodeRecordJSON and found canonical by comparing them with what
+// AppendRecordJSON writes (the bytes of json.Marshal) into buf, which it
+// returns for reuse. Any line the fast path does not take gets
+// decodeCanonical's verdict, so the result is the same either way.
+func decodeRecordLine(line []byte, r *Record, buf []byte) ([]byte, error) {
+	if DecodeRecordJSON(line, r, nil) {
+		var ok bool
+		if buf, ok = AppendRecordJSON(buf, r); ok && bytes.Equal(buf, line) {
+			return buf, nil
+		}
+	}
+	*r = Record{}
+	return buf, decodeCanonical(line, r)
+}
+
 // decodeBody decompresses a verified body and decodes its items into b.
 func decodeBody(b *Bundle, body []byte) error {
 	m := &b.Manifest
@@ -777,7 +798,8 @@ func decodeBody(b *Bundle, body []byte) error {
 	case KindHub:
 		b.Down = make([]DownItem, 0, min(m.Count, 1024))
 	}
-	var line []byte
+	var line, canon, lines []byte
+	var ends []int // where each record's line ends in lines
 	for i := 0; ; i++ {
 		line, err = readLine(br, line[:0])
 		if err == io.EOF {
@@ -786,6 +808,14 @@ func decodeBody(b *Bundle, body []byte) error {
 			}
 			if i != m.Count {
 				return bundleErr(ReasonMalformed, "body has %d items, manifest says %d", i, m.Count)
+			}
+			if m.Kind == KindRecords {
+				b.RecordJSON = make([][]byte, len(ends))
+				start := 0
+				for j, end := range ends {
+					b.RecordJSON[j] = lines[start:end:end]
+					start = end
+				}
 			}
 			break
 		}
@@ -797,8 +827,9 @@ func decodeBody(b *Bundle, body []byte) error {
 		}
 		switch m.Kind {
 		case KindRecords:
-			var r Record
-			if err := decodeCanonical(line, &r); err != nil {
+			b.Records = append(b.Records, Record{})
+			r := &b.Records[i]
+			if canon, err = decodeRecordLine(line, r, canon[:0]); err != nil {
 				return bundleErr(ReasonMalformed, "record %d: %v", i+1, err)
 			}
 			if err := r.Validate(); err != nil {
@@ -810,7 +841,8 @@ func decodeBody(b *Bundle, body []byte) error {
 			if (i == 0 && r.Seq != m.FirstRecordSeq) || r.Seq > m.LastRecordSeq || (i == m.Count-1 && r.Seq != m.LastRecordSeq) {
 				return bundleErr(ReasonMalformed, "record %d (%s) has seq %d, outside the manifest's %d to %d", i+1, r.ID, r.Seq, m.FirstRecordSeq, m.LastRecordSeq)
 			}
-			b.Records = append(b.Records, r)
+			lines = append(lines, line...)
+			ends = append(ends, len(lines))
 		case KindHub:
 			var d DownItem
 			if err := decodeCanonical(line, &d); err != nil {

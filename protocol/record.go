@@ -243,16 +243,28 @@ func (r *Record) Validate() error {
 	return nil
 }
 
-var idRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._:-]*$`)
-
 func checkID(field, v string) error {
 	if v == "" {
 		return fieldErr(field, "is empty")
 	}
-	if len(v) > MaxIDLen || !idRE.MatchString(v) {
+	if len(v) > MaxIDLen || !isID(v) {
 		return fieldErr(field, "%q is not an id (letters, digits, . _ : -, at most %d)", v, MaxIDLen)
 	}
 	return nil
+}
+
+// isID reports whether v matches ^[A-Za-z0-9][A-Za-z0-9._:-]*$ (a loop,
+// not a regexp: every record has several ids).
+func isID(v string) bool {
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case i > 0 && (c == '.' || c == '_' || c == ':' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return v != ""
 }
 
 // checkText refuses invalid UTF-8, control characters other than newline and

@@ -8,6 +8,8 @@ import (
 	"fmt"
 
 	"github.com/hashicorp/go-memdb"
+
+	"fieldsync/protocol"
 )
 
 // A log entry holds the changes of one Write; a snapshot entry holds a
@@ -203,14 +205,23 @@ func applyChange(txn *memdb.Txn, c change) error {
 
 // objectEncoder encodes objects as JSON into a reused buffer. HTML
 // escaping is off: it would only turn <, > and & in notes into \u escapes,
-// which cost bytes and send the record decoder to its slow path.
+// which cost bytes and send the record decoder to its slow path. Records,
+// by far the most numerous, take protocol's fast encoder, which writes the
+// same bytes.
 type objectEncoder struct {
 	buf bytes.Buffer
 	enc *json.Encoder
+	rec []byte
 }
 
 // encode returns the JSON of obj, valid until the next call.
 func (e *objectEncoder) encode(obj any) ([]byte, error) {
+	if r, ok := obj.(*protocol.Record); ok {
+		if b, ok := protocol.AppendRecordJSON(e.rec[:0], r); ok {
+			e.rec = b
+			return b, nil
+		}
+	}
 	if e.enc == nil {
 		e.enc = json.NewEncoder(&e.buf)
 		e.enc.SetEscapeHTML(false)
@@ -238,6 +249,22 @@ const (
 )
 
 func newInterner() *interner { return &interner{m: make(map[string]string)} }
+
+// record makes the strings of r that decodeRecord shares (see
+// protocol.DecodeRecordJSON) shared with earlier equal ones, as if r had
+// been decoded.
+func (in *interner) record(r *protocol.Record) {
+	for _, s := range []*string{&r.Agent, &r.Site, (*string)(&r.Type), &r.Pledge, &r.Item, (*string)(&r.Rejection),
+		(*string)(&r.Condition), &r.ReceivedBy, &r.Role, &r.Course, &r.Date, &r.Provider, &r.Trainer} {
+		if *s != "" && len(*s) <= internMaxLen {
+			if shared, ok := in.m[*s]; ok {
+				*s = shared
+			} else if len(in.m) < internMaxEntries {
+				in.m[*s] = *s
+			}
+		}
+	}
+}
 
 // bytes returns b as a string, shared with earlier equal ones.
 func (in *interner) bytes(b []byte) string {

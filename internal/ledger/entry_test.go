@@ -56,21 +56,12 @@ func fullRecord(t testing.TB) *protocol.Record {
 // TestDecodeRecordKnowsEveryField fails when protocol.Record gains a field
 // the fast decoder does not know. Such records still decode correctly,
 // through encoding/json, but loading a ledger gets slower: add the field to
-// decodeRecord.field and recordFields.
+// protocol.DecodeRecordJSON (protocol's tests name the field).
 func TestDecodeRecordKnowsEveryField(t *testing.T) {
 	var enc objectEncoder
 	raw, err := enc.encode(fullRecord(t))
 	if err != nil {
 		t.Fatal(err)
-	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &fields); err != nil {
-		t.Fatal(err)
-	}
-	for name := range fields {
-		if !slices.Contains(recordFields, name) {
-			t.Errorf("field %q of protocol.Record is unknown to decodeRecord", name)
-		}
 	}
 	if _, ok := decodeRecord(raw, nil); !ok {
 		t.Errorf("decodeRecord does not take a record with every field set:\n%s", raw)

@@ -3,8 +3,11 @@
 // State lives in go-memdb tables (see Schema); durability is a write-ahead
 // log (package wal). A write runs a function against a memdb write
 // transaction; every object it puts or deletes is also encoded into one log
-// entry (see the format in entry.go). Write returns only once that entry is
-// appended and fsynced, so nothing a caller acknowledges is lost.
+// entry (see the format in entry.go), and what is applied to memdb is that
+// encoding decoded again, so that replay gives the same state (a record
+// that comes with the JSON it was decoded from, as a bundle's do, is logged
+// in that JSON instead: see PutRecord). Write returns only once that entry
+// is appended and fsynced, so nothing a caller acknowledges is lost.
 //
 // Concurrent writers share fsyncs (group commit). Each writer commits its
 // transaction to memdb and queues its entry in one step, so the order of
@@ -14,6 +17,11 @@
 // depend on it and fail with it: Read sees the state once it is durable,
 // and a Write that changes nothing returns only once the state it read is
 // durable, so no one can act on a change the disk might still lose.
+//
+// A large Write is applied to memdb in several transactions (memdbChunk
+// says why); no reader sees one partly done, because Read and snapshots
+// read the state published when a Write ends, and a Write that fails
+// undoes the parts it committed.
 //
 // Recovery loads the newest snapshot and replays the log after it through
 // the same apply function that live writes use, so the state after a
@@ -38,7 +46,29 @@ import (
 	"github.com/hashicorp/go-memdb"
 
 	"fieldsync/internal/wal"
+	"fieldsync/protocol"
 )
+
+// memdbChunk bounds the entries a Write puts into any one index in one memdb
+// transaction; past it, the Write commits that transaction and opens the
+// next. go-immutable-radix keeps the watch channels a transaction must
+// close in a set of at most 8,192 per index, and a transaction that
+// overflows it closes them instead by walking the whole index before and
+// after its commit, a cost that grows with the table. An insert into a
+// large tree can add several channels: at a hub holding 200,000 records,
+// memdb transactions of 1,536 bundle records overflowed, and a
+// 10,000-record bundle applied at a quarter of the speed it had in
+// transactions of 1,024.
+const memdbChunk = 1024
+
+// indexLoad is how many entries obj puts into the index it fills most:
+// a record's serial numbers each have one; anything else has one per index.
+func indexLoad(obj any) int {
+	if r, ok := obj.(*protocol.Record); ok {
+		return max(1, len(r.Serials))
+	}
+	return 1
+}
 
 // DefaultSnapshotEvery is how many log entries may accumulate before the
 // ledger writes a snapshot and drops the log it covers.
@@ -66,11 +96,14 @@ type Options struct {
 
 // Ledger is an open ledger. It is safe for concurrent use.
 type Ledger struct {
-	db   *memdb.MemDB
-	log  *wal.Log
-	dir  string
-	opts Options
-	lg   *slog.Logger
+	db  *memdb.MemDB
+	log *wal.Log
+	// published is db as of the end of the last Write (a memdb snapshot,
+	// sharing its trees): what Read and snapshots see. Guarded by mu.
+	published *memdb.MemDB
+	dir       string
+	opts      Options
+	lg        *slog.Logger
 
 	// wmu is held by a writer from opening its memdb transaction until its
 	// entry is queued; memdb allows one write transaction at a time anyway.
@@ -134,6 +167,7 @@ func Open(dir string, opts Options) (*Ledger, error) {
 		return nil, err
 	}
 	l.log = rec.log
+	l.published = db.Snapshot()
 	l.committed = rec.log.LastIndex()
 	l.durable = l.committed
 	l.snapIndex = rec.snapIndex
@@ -147,17 +181,101 @@ func Open(dir string, opts Options) (*Ledger, error) {
 // Txn is a write transaction handed to a Write function. Reads see the
 // state including everything committed before; Put and Delete change it.
 // Change state only through Txn's methods: they are what reaches the log.
+//
+// A change may move a large Write on to a new memdb transaction (see
+// memdbChunk): take tx.Txn afresh after a change rather than keeping it.
 type Txn struct {
 	*memdb.Txn
 	l     *Ledger
-	entry []byte // the log entry: every change so far
-	err   error  // the first failed change: the Write fails with it
+	entry []byte          // the log entry: every change so far
+	err   error           // the first failed change: the Write fails with it
+	load  int             // indexLoad of the changes in the current memdb transaction
+	done  []memdb.Changes // the changes of the memdb transactions committed so far
+}
+
+// begin opens the memdb transaction that the next changes go to. It tracks
+// its changes, so that a failed Write can undo them once committed.
+func (t *Txn) begin() {
+	t.Txn = t.l.db.Txn(true)
+	t.Txn.TrackChanges()
+	t.load = 0
+}
+
+// reserve makes room for obj in the current memdb transaction, moving on
+// to the next if obj would take it past memdbChunk.
+func (t *Txn) reserve(obj any) {
+	n := indexLoad(obj)
+	if t.load > 0 && t.load+n > memdbChunk {
+		t.checkpoint()
+	}
+	t.load += n
+}
+
+// checkpoint commits the current memdb transaction, keeping what it
+// changed, and opens the next.
+func (t *Txn) checkpoint() {
+	t.done = append(t.done, t.Txn.Changes())
+	t.Txn.Commit()
+	t.begin()
+}
+
+// rollback abandons the Write: it aborts the current memdb transaction and
+// undoes those committed before, newest first, so that memdb holds again
+// the published state. For each part, every object it wrote is deleted
+// before every object it replaced or deleted comes back, so that no unique
+// index sees two objects with one key.
+func (t *Txn) rollback() error {
+	t.Txn.Abort()
+	if len(t.done) == 0 {
+		return nil
+	}
+	txn := t.l.db.Txn(true)
+	defer txn.Abort()
+	for i := len(t.done) - 1; i >= 0; i-- {
+		for _, c := range t.done[i] {
+			if c.After != nil {
+				if err := txn.Delete(c.Table, c.After); err != nil {
+					return fmt.Errorf("undo a change to %s: %w", c.Table, err)
+				}
+			}
+		}
+		for _, c := range t.done[i] {
+			if c.Before != nil {
+				if err := txn.Insert(c.Table, c.Before); err != nil {
+					return fmt.Errorf("undo a change to %s: %w", c.Table, err)
+				}
+			}
+		}
+	}
+	txn.Commit()
+	t.done = nil
+	return nil
 }
 
 // Put inserts or replaces obj in table. Objects read from memdb are shared
 // and immutable: copy one before changing it.
 func (t *Txn) Put(table string, obj any) error {
 	return t.change(table, obj, false)
+}
+
+// PutRecord puts r, a record decoded from raw by protocol.DecodeRecordJSON
+// or encoding/json (which agree wherever the first decodes), as a bundle's
+// records are. The log keeps raw as it is; replay decodes it, as it decodes
+// what Put logs, to the very record r is, so r is stored without Put's
+// encode and decode. PutRecord keeps a copy of r, not r itself.
+func (t *Txn) PutRecord(r *protocol.Record, raw []byte) error {
+	if t.err != nil {
+		return t.err
+	}
+	t.reserve(r)
+	c := *r
+	t.l.in.record(&c)
+	if err := applyChange(t.Txn, change{table: TableRecords, obj: &c}); err != nil {
+		t.err = err
+		return err
+	}
+	t.entry = appendChange(t.entry, TableRecords, false, raw)
+	return nil
 }
 
 // Insert is Put, so that memdb's Insert cannot bypass the log.
@@ -201,6 +319,7 @@ func (t *Txn) change(table string, obj any, del bool) error {
 	if t.err != nil {
 		return t.err
 	}
+	t.reserve(obj)
 	err := func() error {
 		raw, err := t.l.enc.encode(obj)
 		if err != nil {
@@ -248,8 +367,18 @@ func (l *Ledger) commit(fn func(tx *Txn) error) (uint64, error) {
 	if err := l.usable(); err != nil {
 		return 0, err
 	}
-	tx := &Txn{Txn: l.db.Txn(true), l: l}
-	defer tx.Txn.Abort() // after Commit, a no-op; if fn panics, the lock is released
+	tx := &Txn{l: l}
+	tx.begin()
+	committed := false
+	defer func() {
+		if committed {
+			tx.Txn.Abort() // a no-op after Commit; releases a Write that changed nothing
+			return
+		}
+		// fn failed or panicked, or the Write cannot be logged: memdb
+		// must hold the published state again.
+		l.abandon(tx)
+	}()
 	err := fn(tx)
 	if err == nil {
 		err = tx.err
@@ -267,11 +396,14 @@ func (l *Ledger) commit(fn func(tx *Txn) error) (uint64, error) {
 		return 0, err
 	}
 	if len(tx.entry) == 0 {
+		committed = true
 		return l.committed, nil
 	}
 	l.committed++
 	l.queue = append(l.queue, &pending{index: l.committed, data: tx.entry})
 	tx.Txn.Commit()
+	committed = true
+	l.published = l.db.Snapshot()
 	l.work.Signal()
 	if every := l.opts.SnapshotEvery; every > 0 && !l.snapping && l.committed-l.snapTried >= uint64(every) {
 		// In the background: a writer's acknowledgement must not wait for
@@ -292,6 +424,20 @@ func (l *Ledger) commit(fn func(tx *Txn) error) (uint64, error) {
 		}()
 	}
 	return l.committed, nil
+}
+
+// abandon undoes what tx changed in memdb. If that fails, memdb no longer
+// matches the log, and the ledger fails as if the log had.
+func (l *Ledger) abandon(tx *Txn) {
+	if err := tx.rollback(); err != nil {
+		l.mu.Lock()
+		if l.failed == nil {
+			l.failed = fmt.Errorf("%w: %w", ErrFailed, err)
+			l.synced.Broadcast()
+		}
+		l.mu.Unlock()
+		l.lg.Error("ledger could not undo a failed write; restart to recover from the log", "err", err)
+	}
 }
 
 func (l *Ledger) usable() error {
@@ -397,9 +543,9 @@ func (l *Ledger) view() (*memdb.Txn, error) {
 	if l.closed {
 		return nil, ErrClosed
 	}
-	// Writers commit under mu, so this view is exactly the log up to
+	// Writers publish under mu, so this view is exactly the log up to
 	// committed.
-	txn := l.db.Txn(false)
+	txn := l.published.Txn(false)
 	if err := l.waitDurableLocked(l.committed); err != nil {
 		return nil, err
 	}
@@ -407,7 +553,8 @@ func (l *Ledger) view() (*memdb.Txn, error) {
 }
 
 // DB returns the underlying memdb. Its state may be ahead of the disk by the
-// writes being synced; Read waits for them. Never write to it directly:
+// writes being synced (Read waits for them), and during a large Write it
+// may hold part of it (Read does not see that). Never write to it directly:
 // writes go through Write so they reach the log.
 func (l *Ledger) DB() *memdb.MemDB { return l.db }
 
@@ -431,7 +578,7 @@ func (l *Ledger) snapshot() error {
 	// The view and its index are taken together under mu, so the view is
 	// exactly the log up to index; waiting makes that prefix durable.
 	l.mu.Lock()
-	txn := l.db.Txn(false)
+	txn := l.published.Txn(false)
 	index := l.committed
 	if index == l.snapIndex {
 		l.mu.Unlock()
