@@ -178,6 +178,7 @@ func (a *Agent) sealBlob(dst, sum string, to age.Recipient) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), os.Rename(tmp.Name(), dst)
 }
 
+// fileSHA256 returns the SHA-256 of the file at path, in hex.
 func fileSHA256(path string) (string, error) {
 	f, err := os.Open(path)
 	if err != nil {

@@ -2,12 +2,8 @@ package agent
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"os"
 	"sync"
 	"time"
 
@@ -125,10 +121,11 @@ type ingester struct{ a *Agent }
 // Ingest stores the records of one inbox file, all or none, once: the file's
 // content hash is the batch key.
 func (in ingester) Ingest(ctx context.Context, file string, entries []inbox.Entry, attachments map[string]string) ([]string, error) {
-	key, err := fileKey(file)
+	sum, err := fileSHA256(file)
 	if err != nil {
 		return nil, err
 	}
+	key := "inbox:" + sum
 	recs := make([]protocol.Record, len(entries))
 	attach := make([][]string, len(entries))
 	for i, e := range entries {
@@ -153,15 +150,3 @@ func (in ingester) Ingest(ctx context.Context, file string, entries []inbox.Entr
 	return ids, nil
 }
 
-func fileKey(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return "inbox:" + hex.EncodeToString(h.Sum(nil)), nil
-}

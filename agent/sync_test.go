@@ -257,11 +257,8 @@ func serve(t testing.TB, h *hub.Hub) string {
 // TestSyncLoopback syncs with a real hub over QUIC on loopback.
 func TestSyncLoopback(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	f, ctx := loopback(t)
 	a := f.a
-	a.id.HubAddr = serve(t, f.hub)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
 
 	scan := filepath.Join(t.TempDir(), "waybill.jpg")
 	if err := os.WriteFile(scan, []byte("a scan of a signed waybill"), 0o600); err != nil {
@@ -487,11 +484,8 @@ func TestSyncOneAtATime(t *testing.T) {
 // own abort cut short, and that the refused records stay unsynced.
 func TestSyncStopsAtRefusal(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	f, ctx := loopback(t)
 	a := f.a
-	a.id.HubAddr = serve(t, f.hub)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
 	var first protocol.Record
 	for i := range 3 {
 		r := add(t, a, delivery(fmt.Sprintf("item %d", i), 1))
@@ -531,30 +525,14 @@ func TestSyncStopsAtRefusal(t *testing.T) {
 // first is left alone. Replacing a silent session is TestClaim's (hub).
 func TestSyncBesideLiveSession(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	f, ctx := loopback(t)
 	a := f.a
-	a.id.HubAddr = serve(t, f.hub)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
 	if _, err := a.Sync(ctx, SyncOptions{}); err != nil { // enrols
 		t.Fatal(err)
 	}
 
-	live, r := rawSession(t, ctx, a, a.key)
-	hello, err := a.hello()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := protocol.WriteMessage(live, hello); err != nil {
-		t.Fatal(err)
-	}
-	if msg, err := protocol.ReadMessage(r); err != nil {
-		t.Fatalf("first session: %v", err)
-	} else if _, ok := msg.(*protocol.HelloOK); !ok {
-		t.Fatalf("first session: hub answered %T", msg)
-	}
-
-	_, err = a.Sync(ctx, SyncOptions{})
+	live, r := helloSession(t, ctx, a)
+	_, err := a.Sync(ctx, SyncOptions{})
 	if err == nil || !strings.Contains(err.Error(), "another session of agent "+a.Identity().AgentID+" is active from") {
 		t.Fatalf("second session: %v, want a refusal naming the live one", err)
 	}
@@ -581,11 +559,8 @@ func TestSyncBesideLiveSession(t *testing.T) {
 // one the connection was made with is refused.
 func TestHelloNamesAnotherKey(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	f, ctx := loopback(t)
 	a := f.a
-	a.id.HubAddr = serve(t, f.hub)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
 	str, r := rawSession(t, ctx, a, a.key)
 	hello, err := a.hello()
 	if err != nil {
@@ -603,6 +578,37 @@ func TestHelloNamesAnotherKey(t *testing.T) {
 	if e, ok := msg.(*protocol.Error); !ok || e.Code != protocol.CodeUnauthenticated {
 		t.Fatalf("hub answered %+v, want unauthenticated", msg)
 	}
+}
+
+// loopback returns a fixture whose agent syncs with its hub over QUIC on
+// loopback, and a context that bounds the test.
+func loopback(t *testing.T) (*fixture, context.Context) {
+	t.Helper()
+	f := newFixture(t)
+	f.a.id.HubAddr = serve(t, f.hub)
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	t.Cleanup(cancel)
+	return f, ctx
+}
+
+// helloSession opens a session of a by hand and says hello; the hub has
+// answered HelloOK.
+func helloSession(t *testing.T, ctx context.Context, a *Agent) (*quic.Stream, *bufio.Reader) {
+	t.Helper()
+	str, r := rawSession(t, ctx, a, a.key)
+	hello, err := a.hello()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := protocol.WriteMessage(str, hello); err != nil {
+		t.Fatal(err)
+	}
+	if msg, err := protocol.ReadMessage(r); err != nil {
+		t.Fatalf("hello: %v", err)
+	} else if _, ok := msg.(*protocol.HelloOK); !ok {
+		t.Fatalf("hello: hub answered %+v", msg)
+	}
+	return str, r
 }
 
 // rawSession opens a stream to a's hub with key, for tests that speak the
@@ -629,11 +635,8 @@ func rawSession(t *testing.T, ctx context.Context, a *Agent, key ed25519.Private
 // by phase, and nothing once it has ended.
 func TestSyncShowsTransfer(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	f, ctx := loopback(t)
 	a := f.a
-	a.id.HubAddr = serve(t, f.hub)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
 	scan := filepath.Join(t.TempDir(), "waybill.jpg")
 	if err := os.WriteFile(scan, make([]byte, 3*ChunkSize+10), 0o600); err != nil {
 		t.Fatal(err)
@@ -676,29 +679,16 @@ func TestSyncShowsTransfer(t *testing.T) {
 // progress at once, with a code the agent turns into words.
 func TestRevokeEndsSession(t *testing.T) {
 	t.Parallel()
-	f := newFixture(t)
+	f, ctx := loopback(t)
 	a := f.a
-	a.id.HubAddr = serve(t, f.hub)
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
 	if _, err := a.Sync(ctx, SyncOptions{}); err != nil { // enrols
 		t.Fatal(err)
 	}
-	str, r := rawSession(t, ctx, a, a.key)
-	hello, err := a.hello()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := protocol.WriteMessage(str, hello); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := protocol.ReadMessage(r); err != nil {
-		t.Fatal(err)
-	}
+	_, r := helloSession(t, ctx, a)
 	if _, err := f.hub.Revoke(a.Identity().AgentID, "device captured"); err != nil {
 		t.Fatal(err)
 	}
-	_, err = protocol.ReadMessage(r)
+	_, err := protocol.ReadMessage(r)
 	if err = explainHubClose(err); err == nil || !strings.Contains(err.Error(), "revoked this agent during the session") {
 		t.Fatalf("session after the revocation: %v", err)
 	}
