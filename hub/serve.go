@@ -53,8 +53,9 @@ func (h *Hub) Serve(ctx context.Context, opts ServeOptions) error {
 		return fmt.Errorf("listen on %s: %w", opts.Listen, err)
 	}
 	// Shielded agents and plain QUIC ones, on the one socket
-	// (docs/transport.md); Shutdown closes it.
-	ln, err := transport.Listen(udp, tlsConf)
+	// (docs/transport.md); Shutdown closes it. Stateless resets tell the
+	// agents of a hub that restarted under them to dial again at once.
+	ln, err := (&transport.ListenConfig{StatelessResetKey: transport.ResetKey(h.key)}).Listen(udp, tlsConf)
 	if err != nil {
 		udp.Close()
 		return fmt.Errorf("listen QUIC on %s: %w", opts.Listen, err)

@@ -232,6 +232,13 @@ type ListenConfig struct {
 	// NoPlayout turns the shield's playout off, for measurements (see
 	// ShieldConfig).
 	NoPlayout bool
+	// StatelessResetKey lets the hub answer a packet of a connection it
+	// does not know, such as one from before a restart, with a stateless
+	// reset (RFC 9000, 10.3): the agent then learns at once that its
+	// connection is gone and dials again, instead of waiting out
+	// IdleTimeout. It must be the same across restarts (ResetKey derives
+	// it from the hub's key); nil sends no resets.
+	StatelessResetKey *quic.StatelessResetKey
 }
 
 // Listen accepts QUIC connections on pc with the zero ListenConfig.
@@ -249,7 +256,7 @@ func (lc *ListenConfig) Listen(pc net.PacketConn, tlsConf *tls.Config) (*Listene
 	conf = conf.Clone()
 	conf.Allow0RTT = lc.Allow0RTT
 	sh := NewShield(pc, ShieldConfig{Mode: Server, NoPlayout: lc.NoPlayout})
-	tr := &quic.Transport{Conn: sh}
+	tr := &quic.Transport{Conn: sh, StatelessResetKey: lc.StatelessResetKey}
 	l := &Listener{tr: tr, sh: sh}
 	var err error
 	if lc.Allow0RTT {

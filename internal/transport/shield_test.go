@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"crypto/tls"
+	"errors"
 	"io"
 	"math"
 	mrand "math/rand/v2"
@@ -713,5 +714,99 @@ func TestHoleWait(t *testing.T) {
 	want := now.Add(p.playout() + 300*time.Millisecond + 2*600*time.Millisecond)
 	if got := p.releaseAt(); !got.Equal(want) {
 		t.Errorf("a hole is skipped %v after the next packet arrived, want %v", got.Sub(now), want.Sub(now))
+	}
+}
+
+// TestHubRestart kills a hub under an upload (its socket closes: no
+// CONNECTION_CLOSE goes out) and starts another with the same key on the
+// same address: with the key's stateless reset key, the agent's
+// connection learns within a few round trips that it is gone, through
+// both shields; without one it waits for its idle timeout.
+func TestHubRestart(t *testing.T) {
+	for _, tt := range []struct {
+		name  string
+		reset bool
+	}{{"reset key", true}, {"no reset key", false}} {
+		t.Run(tt.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				p, _ := linksim.ProfileByName("geo")
+				_, hubKey, _ := ed25519.GenerateKey(nil)
+				_, agentKey, _ := ed25519.GenerateKey(nil)
+				serverTLS, err := ServerTLS(hubKey)
+				if err != nil {
+					t.Fatal(err)
+				}
+				clientTLS, err := ClientTLS(agentKey, protocol.Fingerprint(hubKey.Public().(ed25519.PublicKey)), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				path := linksim.NewPath(p, 7)
+				agentEnd, hubEnd := path.Endpoints()
+				agentSocks, hubSocks := newSockets(agentEnd), newSockets(hubEnd)
+				lc := ListenConfig{}
+				if tt.reset {
+					lc.StatelessResetKey = ResetKey(hubKey)
+				}
+				listen := func() (*Listener, net.PacketConn) {
+					sock, _ := hubSocks.open()
+					ln, err := lc.Listen(sock, serverTLS)
+					if err != nil {
+						t.Fatal(err)
+					}
+					return ln, sock
+				}
+				ctx, cancel := context.WithCancel(t.Context())
+				var wg sync.WaitGroup
+				first, firstSock := listen()
+				wg.Go(func() { serve(ctx, first, func([]byte) {}) })
+				dialer := &Dialer{ListenPacket: agentSocks.open}
+				conn, err := dialer.Dial(ctx, hubEnd.LocalAddr().String(), clientTLS)
+				if err != nil {
+					t.Fatal(err)
+				}
+				str, err := conn.OpenStreamSync(ctx)
+				if err != nil {
+					t.Fatal(err)
+				}
+				wg.Go(func() {
+					chunk := payload(64<<10, 7)
+					for {
+						if _, err := str.Write(chunk); err != nil {
+							return
+						}
+					}
+				})
+				time.Sleep(5 * time.Second)
+
+				// kill -9: the hub's socket goes, and its state with it.
+				firstSock.Close()
+				killed := time.Now()
+				second, _ := listen()
+				wg.Go(func() { serve(ctx, second, func([]byte) {}) })
+				select {
+				case <-conn.Context().Done():
+				case <-time.After(30 * time.Second):
+				}
+				took := time.Since(killed)
+				var reset *quic.StatelessResetError
+				gotReset := errors.As(context.Cause(conn.Context()), &reset)
+				t.Logf("%v after the restart: %v", took, context.Cause(conn.Context()))
+				if gotReset != tt.reset {
+					t.Errorf("connection ended by a stateless reset: %v, want %v (%v after the restart: %v)", gotReset, tt.reset, took, context.Cause(conn.Context()))
+				}
+				if rtt := 2 * p.Delay; tt.reset && took > 8*rtt {
+					t.Errorf("the agent learnt of the restart %v after it, want within 8 round trips (%v)", took, 8*rtt)
+				}
+
+				conn.CloseWithError(0, "")
+				cancel()
+				wg.Wait()
+				dialer.Wait()
+				first.Shutdown()
+				second.Shutdown()
+				agentSocks.close()
+				hubSocks.close()
+			})
+		})
 	}
 }

@@ -8,6 +8,7 @@ package transport
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -61,6 +62,20 @@ func QUICConfig() *quic.Config {
 		// not larger.
 		InitialPacketSize: QUICPacketSize,
 	}
+}
+
+// resetKeyLabel separates the stateless reset key from every other use of
+// the hub's key.
+const resetKeyLabel = "fieldsync hub: QUIC stateless reset key v1"
+
+// ResetKey derives the key of a hub's stateless resets from its Ed25519
+// key, so that it survives restarts without a file of its own: a
+// restarted hub resets the connections of the one before it, whose reset
+// tokens its agents hold. The label keeps it apart from every other use
+// of the key.
+func ResetKey(key ed25519.PrivateKey) *quic.StatelessResetKey {
+	k := quic.StatelessResetKey(sha256.Sum256(append([]byte(resetKeyLabel), key.Seed()...)))
+	return &k
 }
 
 // certificate wraps an Ed25519 key in a self-signed certificate: TLS needs a
