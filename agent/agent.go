@@ -119,7 +119,7 @@ func Open(dir string, opts Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	led, err := ledger.Open(dir, ledger.Options{Logger: lg, NoSync: opts.NoSync})
+	led, err := ledger.Open(dir, ledger.Options{Role: ledger.RoleAgent, Logger: lg, NoSync: opts.NoSync})
 	if err != nil {
 		return nil, fmt.Errorf("open agent ledger in %s: %w", dir, err)
 	}

@@ -149,4 +149,3 @@ func (in ingester) Ingest(ctx context.Context, file string, entries []inbox.Entr
 	in.a.log.Info("inbox file ingested", "file", file, "records", len(ids))
 	return ids, nil
 }
-

@@ -96,13 +96,24 @@ func (u *upload) blobQuery(q *protocol.BlobQuery) error {
 			need.Refused = append(need.Refused, protocol.BlobAck{Hash: b.Hash, State: protocol.AckRefused,
 				Reason: "no record of this agent names this attachment with this size"})
 		case u.h.blobs.Has(b.Hash):
-			// Held already: not listed, so the agent counts it as delivered.
+			// Held already (perhaps from another agent that sent it at the
+			// same time): not listed, so the agent counts it as delivered,
+			// and what this agent sent of it will not be resumed.
+			u.h.removePartial(blobPartKey(u.agent.ID, b.Hash))
 		default:
-			need.Blobs = append(need.Blobs, protocol.BlobWant{Hash: b.Hash, Offset: u.h.partialSize("blob-" + b.Hash)})
+			need.Blobs = append(need.Blobs, protocol.BlobWant{Hash: b.Hash, Offset: u.h.partialSize(blobPartKey(u.agent.ID, b.Hash))})
 		}
 	}
 	return protocol.WriteMessage(u.w, need)
 }
+
+// blobPartKey names the partial file of an attachment upload. It is the
+// agent's as well as the content's: two agents that send the same
+// attachment at once (one scan of a donor's waybill, attached at two sites)
+// each resume their own upload, where one shared partial file would be
+// truncated by each under the other. The finished blob is stored once,
+// under its hash alone, and counts as held for every agent.
+func blobPartKey(agentID, sum string) string { return "blob-" + agentID + "-" + sum }
 
 // blobChunk takes part of an attachment; the last chunk verifies the content
 // against its hash, stores it, and acknowledges it.
@@ -111,7 +122,7 @@ func (u *upload) blobChunk(c *protocol.BlobChunk) error {
 	if size, ok := u.wanted[sum]; !ok || uint64(size) != c.Total {
 		return &sessionError{protocol.CodeMalformed, fmt.Sprintf("attachment %s was not asked for", sum)}
 	}
-	f, err := u.partial("blob-" + sum)
+	f, err := u.partial(blobPartKey(u.agent.ID, sum))
 	if err != nil {
 		return err
 	}
@@ -158,6 +169,13 @@ func (h *Hub) attachmentsOf(agentID string) (map[string]int64, error) {
 		return nil
 	})
 	return out, err
+}
+
+// removePartial drops the partial file for key, if there is one.
+func (h *Hub) removePartial(key string) {
+	if err := os.Remove(filepath.Join(h.dir, partialDir, key+".part")); err != nil && !errors.Is(err, os.ErrNotExist) {
+		h.log.Warn("partial upload not removed", "file", key+".part", "err", err)
+	}
 }
 
 func (h *Hub) partialSize(key string) int64 {

@@ -236,7 +236,7 @@ func TestRecordIndexesMatchMemdb(t *testing.T) {
 	for seq := range uint64(20) {
 		recs = append(recs, g.record(seq))
 	}
-	schema := recordsTableSchema()
+	schema := recordsTableSchema(RoleHub)
 	memdbIndexers := map[string]memdb.Indexer{
 		IndexID:     &memdb.StringFieldIndex{Field: "ID"},
 		IndexSeq:    &memdb.CompoundIndex{Indexes: []memdb.Indexer{&memdb.StringFieldIndex{Field: "Agent"}, &memdb.UintFieldIndex{Field: "Seq"}}},

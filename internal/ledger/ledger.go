@@ -23,11 +23,14 @@
 // read the state published when a Write ends, and a Write that fails
 // undoes the parts it committed.
 //
+// Agent and hub share the schema; Options.Role leaves out the indexes a
+// role never queries (see SchemaFor), which changes nothing on disk.
+//
 // Recovery loads the newest snapshot and replays the log after it through
 // the same apply function that live writes use, so the state after a
 // restart is the state before it. A snapshot is written every
 // Options.SnapshotEvery entries, in the background, and the log it covers
-// is dropped.
+// is dropped. A load that takes more than a few seconds logs its progress.
 //
 // If the log fails to persist an entry, every later Write and Read returns
 // an error wrapping ErrFailed: memory then holds changes the disk may not,
@@ -91,7 +94,14 @@ type Options struct {
 	SnapshotEvery int
 	// NoSync skips fsync; for tests and benchmarks that measure other things.
 	NoSync bool
+	// Role decides which indexes the ledger keeps (see SchemaFor); the
+	// zero value, RoleHub, keeps them all. The data on disk does not
+	// depend on it.
+	Role   Role
 	Logger *slog.Logger
+
+	// progressEvery replaces loadProgressEvery; for tests.
+	progressEvery time.Duration
 }
 
 // Ledger is an open ledger. It is safe for concurrent use.
@@ -153,7 +163,7 @@ func Open(dir string, opts Options) (*Ledger, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create ledger directory: %w", err)
 	}
-	db, err := memdb.NewMemDB(Schema())
+	db, err := memdb.NewMemDB(SchemaFor(opts.Role))
 	if err != nil {
 		return nil, fmt.Errorf("ledger schema: %w", err)
 	}
@@ -172,7 +182,7 @@ func Open(dir string, opts Options) (*Ledger, error) {
 	l.durable = l.committed
 	l.snapIndex = rec.snapIndex
 	l.snapTried = rec.snapIndex
-	lg.Info("ledger opened", "dir", dir, "snapshot_index", rec.snapIndex, "replayed", rec.replayed,
+	lg.Info("ledger opened", "dir", dir, "role", opts.Role, "objects", rec.objects, "snapshot_index", rec.snapIndex, "replayed", rec.replayed,
 		"torn_bytes", rec.log.Recovered().TornBytes, "took", time.Since(start).Round(time.Millisecond))
 	go l.flusher()
 	return l, nil

@@ -276,7 +276,7 @@ type openResult struct {
 // The baseline is an empty ledger: the floor of the process's memory.
 // Targets (issue 2): under 5 s and under 500 MB.
 func BenchmarkRecovery(b *testing.B) {
-	benchOpen(b, 1_000_000, "ledger recovery, 1,000,000 records (child process per open)")
+	benchOpen(b, 1_000_000, "ledger recovery, 1,000,000 records (child process per open)", RoleHub, RoleAgent)
 }
 
 // BenchmarkAgentMemory measures the resident memory of a process holding an
@@ -284,15 +284,25 @@ func BenchmarkRecovery(b *testing.B) {
 // recovery is collected, next to an empty ledger. Target (issue 2): under
 // 100 MB.
 func BenchmarkAgentMemory(b *testing.B) {
-	benchOpen(b, 100_000, "agent memory, 100,000 records (child process per open)")
+	benchOpen(b, 100_000, "agent memory, 100,000 records (child process per open)", RoleAgent)
 }
 
-func benchOpen(b *testing.B, n int, title string) {
+// benchOpen opens the fixture of n records with the indexes of each of
+// roles: the first role's cases are named plainly, the others' carry the
+// role's name.
+func benchOpen(b *testing.B, n int, title string, roles ...Role) {
 	fx := fixture(b, n)
-	cases := []struct{ name, dir string }{
-		{"baseline,empty", fx.empty},
-		{"log", fx.log},
-		{"snapshot", fx.snap},
+	type openCase struct {
+		name, dir string
+		role      Role
+	}
+	cases := []openCase{{"baseline,empty", fx.empty, roles[0]}}
+	for i, role := range roles {
+		suffix := ""
+		if i > 0 {
+			suffix = "," + role.String()
+		}
+		cases = append(cases, openCase{"log" + suffix, fx.log, role}, openCase{"snapshot" + suffix, fx.snap, role})
 	}
 	t := benchTable{title: title, head: []string{"case", "records", "disk MB", "open (wall)", "CPU", "of it GC",
 		"peak RSS MB", "RSS after open MB", "RSS settled MB", "live heap MB"}}
@@ -300,7 +310,7 @@ func benchOpen(b *testing.B, n int, title string) {
 		b.Run(fmt.Sprintf("records=%d,%s", n, c.name), func(b *testing.B) {
 			var res openResult
 			for range b.N {
-				res = openChild(b, c.dir)
+				res = openChild(b, c.dir, c.role)
 			}
 			if want := n; c.name != "baseline,empty" && res.Records != want {
 				b.Fatalf("opened %d records, want %d", res.Records, want)
@@ -366,8 +376,8 @@ func fixture(b *testing.B, n int) *fixtureDirs {
 	return fx
 }
 
-func openChild(b *testing.B, dir string) openResult {
-	out := runChild1(b, "open", dir)
+func openChild(b *testing.B, dir string, role Role) openResult {
+	out := runChild1(b, "open", dir, strconv.Itoa(int(role)))
 	var res openResult
 	if err := json.Unmarshal(out, &res); err != nil {
 		b.Fatalf("child output %q: %v", out, err)
@@ -394,7 +404,7 @@ func runChild1(b *testing.B, task string, args ...string) []byte {
 }
 
 // runChild is the child process: build DIR N, snapshot SRC DST, or open
-// DIR. It prints its result as the last line of its output.
+// DIR ROLE. It prints its result as the last line of its output.
 func runChild(task string, args []string) int {
 	if err := childTask(task, args); err != nil {
 		fmt.Fprintf(os.Stderr, "child %s: %v\n", task, err)
@@ -424,7 +434,11 @@ func childTask(task string, args []string) error {
 		}
 		return l.Close()
 	case "open":
-		res, err := openAndMeasure(args[0])
+		role, err := strconv.Atoi(args[1])
+		if err != nil {
+			return err
+		}
+		res, err := openAndMeasure(args[0], Role(role))
 		if err != nil {
 			return err
 		}
@@ -460,11 +474,11 @@ func buildLog(dir string, n int) error {
 	return log.Close()
 }
 
-func openAndMeasure(dir string) (openResult, error) {
+func openAndMeasure(dir string, role Role) (openResult, error) {
 	var res openResult
 	res.DiskBytes = dirSize(dir)
 	t0 := time.Now()
-	l, err := Open(dir, Options{})
+	l, err := Open(dir, Options{Role: role})
 	if err != nil {
 		return res, err
 	}

@@ -1,9 +1,13 @@
 package ledger
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -542,5 +546,95 @@ func TestTxnMethodsReachTheLog(t *testing.T) {
 	})
 	if want := []string{"c1"}; !slices.Equal(keys, want) {
 		t.Errorf("after reopening: meta keys %v, want %v", keys, want)
+	}
+}
+
+// TestRolesShareTheData: a role chooses indexes, not data. What an agent's
+// ledger writes, live, snapshot and log, opens as the same state with a
+// hub's indexes, and the other way round; the agent's ledger has no serial
+// index to query.
+func TestRolesShareTheData(t *testing.T) {
+	dir := t.TempDir()
+	read := func(l *Ledger, role Role) map[string][]string {
+		t.Helper()
+		var s map[string][]string
+		if err := l.Read(func(txn *memdb.Txn) error { s = dumpRoleState(t, txn, role); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+
+	l := openT(t, dir, Options{Role: RoleAgent, SnapshotEvery: -1})
+	addRecords(t, l, "A1", 1, 20)
+	if err := l.Snapshot(); err != nil {
+		t.Fatal(err)
+	}
+	addRecords(t, l, "A1", 21, 30)
+	live := read(l, RoleAgent)
+	if err := l.Read(func(txn *memdb.Txn) error {
+		_, err := txn.First(TableRecords, IndexSerial, "SN-1-a")
+		return err
+	}); err == nil {
+		t.Error("an agent's ledger answered a query by serial number, want an error: it has no such index")
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	for _, role := range []Role{RoleHub, RoleAgent} {
+		t.Run(role.String(), func(t *testing.T) {
+			l := openT(t, dir, Options{Role: role, SnapshotEvery: -1})
+			defer l.Close()
+			got := read(l, role)
+			serials := got["records by "+IndexSerial]
+			delete(got, "records by "+IndexSerial)
+			if !reflect.DeepEqual(got, live) {
+				t.Errorf("state opened with the %s's indexes differs from the agent's live state", role)
+			}
+			if role == RoleHub && len(serials) != 60 {
+				t.Errorf("hub's serial index holds %d entries, want 60", len(serials))
+			}
+		})
+	}
+}
+
+// TestLoadLogsProgress: a long load says how far it has come, and the
+// opened ledger says what it loaded.
+func TestLoadLogsProgress(t *testing.T) {
+	dir := t.TempDir()
+	l := openT(t, dir, Options{SnapshotEvery: -1, NoSync: true})
+	addRecords(t, l, "A1", 1, 3*loadBatch)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	var logs bytes.Buffer
+	lg := slog.New(slog.NewJSONHandler(&logs, nil))
+	l = openT(t, dir, Options{SnapshotEvery: -1, Logger: lg, progressEvery: time.Nanosecond})
+	defer l.Close()
+
+	var loading []int
+	opened := 0
+	dec := json.NewDecoder(&logs)
+	for dec.More() {
+		var m struct {
+			Msg     string `json:"msg"`
+			Objects int    `json:"objects"`
+		}
+		if err := dec.Decode(&m); err != nil {
+			t.Fatal(err)
+		}
+		switch m.Msg {
+		case "ledger loading":
+			loading = append(loading, m.Objects)
+		case "ledger opened":
+			opened = m.Objects
+		}
+	}
+	if len(loading) == 0 || !slices.IsSorted(loading) || loading[len(loading)-1] >= 3*loadBatch {
+		t.Errorf("progress logged at %v objects, want a rising count below %d", loading, 3*loadBatch)
+	}
+	if opened != 3*loadBatch {
+		t.Errorf("opened ledger logged %d objects, want %d", opened, 3*loadBatch)
 	}
 }

@@ -120,10 +120,40 @@ type Meta struct {
 	Value string `json:"value"`
 }
 
-// Schema returns the go-memdb schema of the ledger.
-func Schema() *memdb.DBSchema {
+// Role is whose ledger it is: it decides which indexes the records table
+// keeps. Every role stores the same objects, logs and snapshots them alike;
+// only what can be looked up differs.
+type Role uint8
+
+const (
+	// RoleHub keeps every index. It is the zero value.
+	RoleHub Role = iota
+	// RoleAgent leaves out the index of serial numbers: an agent never
+	// looks a serial number up (finding one reported at two sites is the
+	// hub's discrepancy check), and with two serials per delivery that
+	// index would be a third of an agent's memory.
+	RoleAgent
+)
+
+// String returns the role's name, for logs.
+func (r Role) String() string {
+	switch r {
+	case RoleHub:
+		return "hub"
+	case RoleAgent:
+		return "agent"
+	}
+	return fmt.Sprintf("role(%d)", uint8(r))
+}
+
+// Schema returns the go-memdb schema of a hub's ledger: every table and
+// every index.
+func Schema() *memdb.DBSchema { return SchemaFor(RoleHub) }
+
+// SchemaFor returns the go-memdb schema of the ledger of role.
+func SchemaFor(role Role) *memdb.DBSchema {
 	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
-		TableRecords:    recordsTableSchema(),
+		TableRecords:    recordsTableSchema(role),
 		TablePledges:    pledgesTableSchema(),
 		TableBundles:    bundlesTableSchema(),
 		TableAgents:     agentsTableSchema(),
@@ -141,16 +171,20 @@ func agentSeqIndex(name string) *memdb.IndexSchema {
 }
 
 // recordsTableSchema: records by id; by (agent, seq), which makes applying a
-// record twice impossible; by the pledge they fulfil; by the record they
-// correct; by serial number (to find one reported at two sites).
+// record twice impossible and lists an agent's records in order; by the
+// pledge they fulfil (pledge totals); by the record they correct
+// (amendments and voids); and at the hub by serial number (to find one
+// reported at two sites).
 //
 // The records table is the big one (a million rows at a busy hub), and each
-// index costs a radix tree leaf per row, so it has no index that no query
-// uses, and its indexers read the fields directly instead of through
-// reflection. The keys are those of memdb's StringFieldIndex,
-// CompoundIndex and StringSliceFieldIndex, whose FromArgs they keep.
-func recordsTableSchema() *memdb.TableSchema {
-	return &memdb.TableSchema{Name: TableRecords, Indexes: map[string]*memdb.IndexSchema{
+// index costs a radix tree leaf and node per key, about 400 bytes whatever
+// the key's length, so it has no index that its role's queries do not use,
+// and its indexers read the fields directly instead of through reflection.
+// The keys are those of memdb's StringFieldIndex, CompoundIndex and
+// StringSliceFieldIndex, whose FromArgs they keep (ids stay text: agents
+// find records by a prefix of the id a person typed).
+func recordsTableSchema(role Role) *memdb.TableSchema {
+	t := &memdb.TableSchema{Name: TableRecords, Indexes: map[string]*memdb.IndexSchema{
 		IndexID: {Name: IndexID, Unique: true, Indexer: &recordField{
 			StringFieldIndex: memdb.StringFieldIndex{Field: "ID"},
 			get:              func(r *protocol.Record) string { return r.ID },
@@ -168,10 +202,13 @@ func recordsTableSchema() *memdb.TableSchema {
 			get:              func(r *protocol.Record) string { return r.Target },
 			nonUnique:        true,
 		}},
-		IndexSerial: {Name: IndexSerial, AllowMissing: true, Indexer: &recordSerials{
-			StringSliceFieldIndex: memdb.StringSliceFieldIndex{Field: "Serials"},
-		}},
 	}}
+	if role == RoleHub {
+		t.Indexes[IndexSerial] = &memdb.IndexSchema{Name: IndexSerial, AllowMissing: true, Indexer: &recordSerials{
+			StringSliceFieldIndex: memdb.StringSliceFieldIndex{Field: "Serials"},
+		}}
+	}
+	return t
 }
 
 // recordField indexes a string field of a record like memdb's

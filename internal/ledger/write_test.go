@@ -17,6 +17,12 @@ import (
 // that a stale or missing index entry shows as well as a wrong object.
 func dumpState(t testing.TB, txn *memdb.Txn) map[string][]string {
 	t.Helper()
+	return dumpRoleState(t, txn, RoleHub)
+}
+
+// dumpRoleState is dumpState for a ledger of role, with the indexes it has.
+func dumpRoleState(t testing.TB, txn *memdb.Txn, role Role) map[string][]string {
+	t.Helper()
 	out := map[string][]string{}
 	for table := range Schema().Tables {
 		it, err := txn.Get(table, IndexID)
@@ -31,7 +37,11 @@ func dumpState(t testing.TB, txn *memdb.Txn) map[string][]string {
 			out[table] = append(out[table], string(raw))
 		}
 	}
-	for _, index := range []string{IndexSeq, IndexPledge, IndexTarget, IndexSerial} {
+	indexes := []string{IndexSeq, IndexPledge, IndexTarget}
+	if role == RoleHub {
+		indexes = append(indexes, IndexSerial)
+	}
+	for _, index := range indexes {
 		it, err := txn.Get(TableRecords, index+"_prefix", "")
 		if err != nil {
 			t.Fatal(err)

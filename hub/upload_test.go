@@ -1,0 +1,106 @@
+package hub
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"fieldsync/internal/ledger"
+	"fieldsync/protocol"
+)
+
+// TestBlobUploadsArePerAgent: two agents uploading the same attachment at
+// once each resume their own partial upload, neither truncates the other's,
+// and once one has finished, the blob counts as held for the other too.
+func TestBlobUploadsArePerAgent(t *testing.T) {
+	th := newTestHub(t)
+	a := th.site("S-A", "Plant A", "Kyiv", "energy")
+	b := th.site("S-B", "Plant B", "Lviv", "energy")
+
+	content := bytes.Repeat([]byte("signed waybill scan "), 300)
+	h := sha256.Sum256(content)
+	sum := hex.EncodeToString(h[:])
+	third := len(content) / 3
+
+	type session struct {
+		up  *upload
+		out *bytes.Buffer
+	}
+	open := func(agentID string) session {
+		out := new(bytes.Buffer)
+		up := &upload{h: th.Hub, agent: &ledger.Agent{ID: agentID}, w: out,
+			wanted: map[string]int64{sum: int64(len(content))}}
+		t.Cleanup(up.close)
+		return session{up, out}
+	}
+	sa, sb := open(a.id), open(b.id)
+
+	send := func(s session, from, to int) {
+		t.Helper()
+		c := &protocol.BlobChunk{Hash: h, Offset: uint64(from), Total: uint64(len(content)),
+			Final: to == len(content), Data: content[from:to]}
+		if err := s.up.blobChunk(c); err != nil {
+			t.Fatalf("chunk [%d, %d): %v", from, to, err)
+		}
+	}
+	// need asks which attachments the hub needs from s and from which offset.
+	need := func(s session) *protocol.BlobNeed {
+		t.Helper()
+		s.out.Reset()
+		if err := s.up.blobQuery(&protocol.BlobQuery{Blobs: []protocol.BlobRef{{Hash: sum, Size: int64(len(content))}}}); err != nil {
+			t.Fatalf("blob query: %v", err)
+		}
+		m, err := protocol.ReadMessage(s.out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, ok := m.(*protocol.BlobNeed)
+		if !ok {
+			t.Fatalf("answer is a %T, not a BlobNeed", m)
+		}
+		return n
+	}
+	offset := func(s session) int64 {
+		t.Helper()
+		n := need(s)
+		if len(n.Blobs) != 1 || len(n.Refused) != 0 {
+			t.Fatalf("need %+v, want the attachment once", n)
+		}
+		return n.Blobs[0].Offset
+	}
+
+	send(sa, 0, 2*third)
+	send(sb, 0, third) // an upload starting over must not cut a's short
+	if got, want := offset(sa), int64(2*third); got != want {
+		t.Errorf("a resumes at %d, want %d", got, want)
+	}
+	if got, want := offset(sb), int64(third); got != want {
+		t.Errorf("b resumes at %d, want %d", got, want)
+	}
+
+	sa.out.Reset()
+	send(sa, 2*third, len(content))
+	m, err := protocol.ReadMessage(sa.out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ack, ok := m.(*protocol.BlobAck); !ok || ack.State != protocol.AckApplied {
+		t.Fatalf("a's last chunk answered with %+v, want an applied BlobAck", m)
+	}
+	if !th.blobs.Has(sum) {
+		t.Fatal("the blob is not stored after a's upload")
+	}
+	if n := need(sb); len(n.Blobs) != 0 || len(n.Refused) != 0 {
+		t.Errorf("b is asked for %+v after a delivered the same attachment, want nothing", n)
+	}
+	if size := th.partialSize(blobPartKey(b.id, sum)); size != 0 {
+		t.Errorf("b's partial upload of %d bytes is kept after the blob was stored", size)
+	}
+	if _, err := os.Stat(filepath.Join(th.dir, partialDir, blobPartKey(b.id, sum)+".part")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("b's partial upload is still there: %v", err)
+	}
+}
