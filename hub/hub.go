@@ -21,12 +21,14 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -187,10 +189,24 @@ func Open(dir string, opts Options) (*Hub, error) {
 			return nil, fmt.Errorf("create %s: %w", d, err)
 		}
 	}
+	removeSharedBlobParts(filepath.Join(dir, partialDir))
 	return &Hub{
 		dir: dir, info: info, key: key, ageID: ageID, token: string(trimSpace(tok)),
 		led: led, blobs: blobstore.New(filepath.Join(dir, attachDir)), log: lg, now: time.Now, metrics: newMetrics(),
 	}, nil
+}
+
+// removeSharedBlobParts removes partial attachment uploads named by content
+// alone ("blob-" and 64 hex digits), as hubs before per-agent partial files
+// kept them: nothing resumes them now (see blobPartKey).
+func removeSharedBlobParts(dir string) {
+	parts, _ := filepath.Glob(filepath.Join(dir, "blob-*.part"))
+	for _, p := range parts {
+		name := strings.TrimSuffix(strings.TrimPrefix(filepath.Base(p), "blob-"), ".part")
+		if _, err := hex.DecodeString(name); err == nil && len(name) == 64 {
+			os.Remove(p)
+		}
+	}
 }
 
 // Close closes the ledger.

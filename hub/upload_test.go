@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"fieldsync/internal/ledger"
@@ -102,5 +103,40 @@ func TestBlobUploadsArePerAgent(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(th.dir, partialDir, blobPartKey(b.id, sum)+".part")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("b's partial upload is still there: %v", err)
+	}
+}
+
+// TestOpenRemovesSharedBlobParts checks that opening a hub removes the
+// partial attachment uploads of hubs from before per-agent partial files,
+// which nothing would resume, and keeps the per-agent ones.
+func TestOpenRemovesSharedBlobParts(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Init(dir); err != nil {
+		t.Fatal(err)
+	}
+	sum := strings.Repeat("ab", 32)
+	shared := filepath.Join(dir, partialDir, "blob-"+sum+".part")
+	own := filepath.Join(dir, partialDir, blobPartKey("A-1", sum)+".part")
+	bundle := filepath.Join(dir, partialDir, "A-1-7.part")
+	if err := os.MkdirAll(filepath.Dir(shared), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{shared, own, bundle} {
+		if err := os.WriteFile(p, []byte("part"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	if _, err := os.Stat(shared); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("shared partial upload kept (%v)", err)
+	}
+	for _, p := range []string{own, bundle} {
+		if _, err := os.Stat(p); err != nil {
+			t.Errorf("%s: %v", filepath.Base(p), err)
+		}
 	}
 }
