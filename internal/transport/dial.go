@@ -118,6 +118,7 @@ func (d *Dialer) dial(ctx context.Context, addr string, tlsConf *tls.Config, ear
 		return nil, err
 	}
 	if sh != nil {
+		sh.keyConn(qc, false)
 		d.mu.Lock()
 		if d.shields == nil {
 			d.shields = map[*quic.Conn]*Shield{}
@@ -276,10 +277,22 @@ func (lc *ListenConfig) Listen(pc net.PacketConn, tlsConf *tls.Config) (*Listene
 // (with Allow0RTT, as soon as it arrives). It fails with
 // quic.ErrServerClosed after Close.
 func (l *Listener) Accept(ctx context.Context) (*quic.Conn, error) {
+	var (
+		conn *quic.Conn
+		err  error
+	)
 	if l.early != nil {
-		return l.early.Accept(ctx)
+		conn, err = l.early.Accept(ctx)
+	} else {
+		conn, err = l.ln.Accept(ctx)
 	}
-	return l.ln.Accept(ctx)
+	if err != nil {
+		return nil, err
+	}
+	// The shield authenticates its frames to and from the agent with a
+	// key from this handshake, until the connection ends.
+	l.sh.keyConn(conn, true)
+	return conn, nil
 }
 
 // Addr returns the address the Listener listens on.

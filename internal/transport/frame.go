@@ -27,6 +27,10 @@ import (
 //
 //	ack block: next (4) | echo (varint) | n (1) | n × (gap varint, length varint)
 //
+// Any frame with the keyed bit 0x20 in its type ends in an 8-byte MAC of
+// everything before it (key.go): once both ends finished their QUIC
+// handshake, they send nothing else.
+//
 // seq numbers a sender's data frames, one per QUIC packet; a
 // retransmission keeps its seq. next says every seq before it arrived;
 // the ranges list what arrived above it: the first starts gap packets
@@ -44,6 +48,10 @@ const (
 	frameForward byte = 0x14
 	// newSender marks a data frame that carries the sender's isn.
 	newSender byte = 0x08
+	// keyed marks a frame that ends in a MAC of everything before it,
+	// under the key both ends derived from their QUIC handshake
+	// (docs/transport.md, "Hostile input").
+	keyed byte = 0x20
 )
 
 // Limits on frames, and the sizes they lead to.
@@ -60,10 +68,16 @@ const (
 	// larger InitialPacketSize and no discovery. A shielded packet with
 	// an ack riding on it stays under MaxDatagram.
 	QUICPacketSize = 1280
+	// macSize is the bytes of a keyed frame's MAC: a truncated
+	// HMAC-SHA256.
+	macSize = 8
 	// maxPayload bounds the QUIC packet in a data frame.
-	maxPayload = MaxDatagram - dataHeader - 4
+	maxPayload = MaxDatagram - dataHeader - 4 - macSize
 	// MaxRanges bounds the ranges in one ack block.
 	MaxRanges = 64
+	// maxAckSpan bounds how far above its next an ack block's ranges
+	// reach: a receiver takes data frames up to maxAhead past its next.
+	maxAckSpan = maxAhead + 1
 )
 
 // errFrame is wrapped by every parse error: the datagram is dropped.
@@ -93,6 +107,8 @@ type frame struct {
 	seq     uint32 // data: the frame's sequence number; ping: its id; forward: next
 	ack     *ackBlock
 	payload []byte
+	mac     []byte // a keyed frame's MAC, or nil
+	body    []byte // what the MAC covers
 }
 
 // isShield reports whether a datagram is a shield frame rather than a QUIC
@@ -101,7 +117,7 @@ func isShield(b []byte) bool {
 	if len(b) == 0 || b[0]&0xc0 != 0 {
 		return false
 	}
-	switch t := b[0]; t {
+	switch t := b[0] &^ keyed; t {
 	case frameData, frameDataAck, frameAck, framePing, frameForward,
 		frameData | newSender, frameDataAck | newSender:
 		return true
@@ -125,7 +141,15 @@ func parseFrame(b []byte) (frame, error) {
 	if !isShield(b) {
 		return f, fmt.Errorf("%w: type byte 0x%02x", errFrame, firstByte(b))
 	}
-	f.typ = b[0] &^ newSender
+	if b[0]&keyed != 0 {
+		if len(b) < 1+macSize {
+			return f, fmt.Errorf("%w: keyed frame of %d bytes", errFrame, len(b))
+		}
+		f.mac = b[len(b)-macSize:]
+		b = b[:len(b)-macSize]
+		f.body = b
+	}
+	f.typ = b[0] &^ newSender &^ keyed
 	f.isNew = b[0]&newSender != 0
 	b = b[1:]
 	switch f.typ {
@@ -203,8 +227,9 @@ func parseAckBlock(b []byte) (ackBlock, []byte, error) {
 		a.ranges = make([]span, 0, count)
 	}
 	// pos is how far above next the previous range ended; ranges must
-	// stay within half the sequence space above next so that serial
-	// comparisons hold.
+	// stay within what a receiver tracks (maxAhead past its next, and the
+	// packet at maxAhead itself): a sender walks what an ack covers, so
+	// an ack must cover no more than a sender may have in flight.
 	var pos uint64
 	for range count {
 		gap, n := binary.Uvarint(b)
@@ -217,7 +242,7 @@ func parseAckBlock(b []byte) (ackBlock, []byte, error) {
 			return a, nil, fmt.Errorf("%w: bad range length", errFrame)
 		}
 		b = b[n:]
-		if gap == 0 || length == 0 || gap > 1<<31 || length > 1<<31 || pos+gap+length > 1<<31 {
+		if gap == 0 || length == 0 || gap > maxAckSpan || length > maxAckSpan || pos+gap+length > maxAckSpan {
 			return a, nil, fmt.Errorf("%w: range out of bounds", errFrame)
 		}
 		a.ranges = append(a.ranges, span{start: a.next + uint32(pos+gap), n: uint32(length)})

@@ -9,7 +9,7 @@ import (
 
 func TestFrameRoundTrip(t *testing.T) {
 	quicPacket := append([]byte{0x40}, bytes.Repeat([]byte{7}, 100)...)
-	ack := &ackBlock{next: 1000, echo: 3, ranges: []span{{1002, 5}, {1010, 1}, {1<<31 + 900, 2}}}
+	ack := &ackBlock{next: 1000, echo: 3, ranges: []span{{1002, 5}, {1010, 1}, {1000 + maxAhead - 1, 2}}}
 	wrap := &ackBlock{next: 0xfffffff0, ranges: []span{{0xfffffffe, 4}}} // across the wrap
 	tests := []struct {
 		name  string
@@ -108,6 +108,7 @@ func FuzzParseFrame(f *testing.F) {
 	f.Add(appendPing(nil, 5))
 	f.Add(appendForward(nil, 6))
 	f.Add([]byte{0xc3, 0, 0, 0, 1})
+	f.Add(newFrameKey(make([]byte, 32), Client).seal(appendData(nil, 1, false, 0, nil, []byte{0x40, 1, 2})))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		fr, err := parseFrame(b)
 		if err != nil {
@@ -130,6 +131,10 @@ func FuzzParseFrame(f *testing.F) {
 		case frameForward:
 			again = appendForward(nil, fr.seq)
 		}
+		if fr.mac != nil {
+			again[0] |= keyed
+			again = append(again, fr.mac...)
+		}
 		fr2, err := parseFrame(again)
 		if err != nil {
 			t.Fatalf("re-encoded frame does not parse: %v", err)
@@ -140,6 +145,7 @@ func FuzzParseFrame(f *testing.F) {
 		if fr2.ack != nil && len(fr2.ack.ranges) == 0 {
 			fr2.ack.ranges = nil
 		}
+		fr.body, fr2.body = nil, nil // what the MAC covers: the bytes as they came
 		if !reflect.DeepEqual(fr, fr2) {
 			t.Fatalf("round trip changed the frame: %+v, then %+v", fr, fr2)
 		}

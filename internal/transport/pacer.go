@@ -85,6 +85,12 @@ type pacer struct {
 	bw     [bwRounds]bwSample // best sample of each recent round
 	lastBw float64
 	minRTT time.Duration
+	// pingRTT is the least round trip a ping measured: pings carry
+	// random ids, so a blind attacker cannot forge their answers, while
+	// an acknowledgement of data can be forged by guessing a sequence
+	// number. minRTT goes no lower than ackFloor of it on
+	// acknowledgements alone.
+	pingRTT time.Duration
 
 	// Rounds: a round ends when a packet sent after the previous round
 	// ended is acknowledged.
@@ -244,8 +250,13 @@ func (p *pacer) queueing() bool {
 	return p.prevRoundMinRTT > limit || p.lastRTT > limit
 }
 
-// onRTT takes a round-trip sample.
-func (p *pacer) onRTT(rtt time.Duration) {
+// ackFloor is how far under the least round trip a ping measured an
+// acknowledgement's sample may take minRTT: a forged acknowledgement
+// shortens the playout by no more than that.
+const ackFloor = 0.875
+
+// onRTT takes a round-trip sample; fromPing says it is a ping's.
+func (p *pacer) onRTT(rtt time.Duration, fromPing bool) {
 	if rtt <= 0 {
 		return
 	}
@@ -257,9 +268,22 @@ func (p *pacer) onRTT(rtt time.Duration) {
 	// The floor is the least sample ever: without BBR's ProbeRTT (which
 	// would stall the QUIC connection above), a windowed minimum drifts
 	// up with the queue it is meant to leave out, and the playout delay
-	// built on it must not change.
-	if p.minRTT == 0 || rtt <= p.minRTT {
-		p.minRTT = rtt
+	// built on it must not change. Only a ping's sample sets it at
+	// first, and an acknowledgement's lowers it no further than ackFloor
+	// of the least ping's (docs/transport.md, "Hostile input").
+	floor := rtt
+	if fromPing {
+		if p.pingRTT == 0 || rtt < p.pingRTT {
+			p.pingRTT = rtt
+		}
+	} else {
+		if p.pingRTT == 0 {
+			return
+		}
+		floor = max(rtt, time.Duration(float64(p.pingRTT)*ackFloor))
+	}
+	if p.minRTT == 0 || floor <= p.minRTT {
+		p.minRTT = floor
 	}
 }
 
@@ -375,7 +399,7 @@ func (p *pacer) seed(now time.Time, bw float64, minRTT time.Duration) {
 	// The remembered rate counts for two rounds only: if the link is
 	// slower now, its own samples take over before long.
 	p.bw[0] = bwSample{round: p.round - bwRounds + 2, bw: bw}
-	p.minRTT = minRTT
+	p.minRTT, p.pingRTT = minRTT, minRTT
 	p.fullBw = bw
 	p.enterProbeBW(now)
 	p.cwnd = max(p.cwnd, p.target())

@@ -15,6 +15,28 @@ type peer struct {
 	addr      net.Addr // where it is now
 	qaddr     net.Addr // where QUIC thinks it is: where it was first
 	lastHeard time.Time
+	// proven says that addr is really the peer's: it echoed a ping id
+	// only a datagram sent there could tell, or (Client mode) it is the
+	// hub this end dialled. Until then the sender sends it no data and
+	// at most amplification times what it received.
+	proven bool
+	// shielded says the peer was proven once: QUIC's packets to it are
+	// shielded, and it is kept in the pool strangers cannot evict. A
+	// peer that moved is shielded but not proven until its new address
+	// answers a ping.
+	shielded bool
+	rx, tx   int64 // shield bytes received from and sent to addr
+	// key authenticates frames once both ends finished their QUIC
+	// handshake; strict says a frame with a valid MAC came, and from then
+	// on only such frames are taken.
+	key    *frameKey
+	strict bool
+
+	// The sender's schedule (Shield.sched).
+	gone   bool      // forgotten
+	dirty  bool      // in Shield.dirty: to pump at the next round
+	wakeAt time.Time // when it needs the sender, if hidx >= 0
+	hidx   int       // its index in Shield.sched, or -1
 
 	// Sender.
 	isn       uint32 // the first sequence number
@@ -31,8 +53,9 @@ type peer struct {
 	srtt      time.Duration
 	rttvar    time.Duration
 	progress  time.Time // last acknowledgement of something new, or the first send after idle
-	pingID    uint32
-	pings     [8]ping   // the latest probes, by id modulo 8
+	pings     [8]ping   // the latest probes, in no order
+	pingSlot  int       // where the next probe goes in pings
+	floorPing time.Time // when a ping last went to learn the round trip
 	pingNow   bool      // probe at once: the round trip is wanted
 	probeAt   time.Time // when to probe next while the path is silent
 	prevProbe time.Time // when the last probe went
@@ -46,6 +69,7 @@ type peer struct {
 	rcvISN   uint32 // the sender's, once it said
 	rcvInit  bool
 	rcvNext  uint32 // everything before it arrived
+	rcvMax   uint32 // the highest seq that arrived
 	rcvAbove []span // what arrived above rcvNext: ascending, disjoint, not adjacent
 	echo     uint32 // a ping to answer
 	ackDue   bool
@@ -57,6 +81,8 @@ type peer struct {
 	dlvInit     bool
 	dlvNext     uint32
 	ring        []*heldPacket // ring[i] holds seq dlvNext+i; nil: missing
+	held        int           // bytes of QUIC packets in ring
+	heldN       int           // and how many
 	releaseNext time.Time     // no release before, after a burst
 	resumedAt   time.Time     // when the path came back after a silence
 	paired      bool          // the last packet released was the first of a pair
@@ -98,6 +124,7 @@ func newPeer(addr net.Addr, now time.Time) *peer {
 		isn: seq, nextSeq: seq, base: seq,
 		room:  make(chan struct{}),
 		pacer: newPacer(),
+		hidx:  -1,
 	}
 }
 
@@ -112,7 +139,8 @@ func (p *peer) info() PathInfo {
 // handle takes one frame from the peer; it reports whether the sender
 // has something new to do. The caller holds s.mu.
 func (p *peer) handle(s *Shield, f frame, now time.Time) bool {
-	if h := p.playout(); h > 0 && now.Sub(p.lastHeard) > h {
+	silent := now.Sub(p.lastHeard)
+	if h := p.playout(); h > 0 && silent > h {
 		// The path was silent (an outage): holes wait for their
 		// retransmission from now, not from before it.
 		p.resumedAt = now
@@ -121,12 +149,26 @@ func (p *peer) handle(s *Shield, f frame, now time.Time) bool {
 	kick := false
 	if f.ack != nil {
 		kick = p.onAck(f.ack, now)
+		if !p.proven && s.cookieOK(p.addr, f.ack.echo, now) {
+			s.provenLocked(p)
+			kick = true
+		}
 	}
 	switch f.typ {
 	case frameData, frameDataAck:
 		s.stats.Received++
+		if !p.proven {
+			p.pingFloor(now) // is it who it says?
+		}
 		if f.isNew && (!p.rcvInit || f.isn != p.rcvISN) {
-			p.newSender(f.isn)
+			if p.rcvInit && silent <= p.rto() {
+				// A new sender on an address that is talking: spoofed,
+				// or a stray from before; the real one will wait its
+				// turn (docs/transport.md, "Hostile input").
+				s.stats.Refused++
+				return kick
+			}
+			p.newSender(s, f.isn)
 		}
 		if p.receive(f.seq, now) {
 			p.deliver(s, f.seq, slices.Clone(f.payload), now)
@@ -148,10 +190,24 @@ func (p *peer) handle(s *Shield, f frame, now time.Time) bool {
 
 // newSender starts the receiver and the playout over for a sender that
 // started over at isn, from the same address: an agent's new socket.
-func (p *peer) newSender(isn uint32) {
-	p.rcvISN, p.rcvInit, p.rcvNext, p.rcvAbove = isn, true, isn, nil
-	p.dlvInit, p.dlvNext, p.ring = true, isn, nil
+// What the playout held is handed over, not dropped: the new sender may
+// be a forgery, and QUIC authenticates what it takes.
+func (p *peer) newSender(s *Shield, isn uint32) {
+	for _, e := range p.ring {
+		if e != nil && e.data != nil {
+			s.deliverLocked(e.data, p.qaddr)
+		}
+	}
+	p.dropRing(s)
+	p.rcvISN, p.rcvInit, p.rcvNext, p.rcvMax, p.rcvAbove = isn, true, isn, isn-1, nil
+	p.dlvInit, p.dlvNext = true, isn
 	p.paired, p.releaseNext = false, time.Time{}
+}
+
+// dropRing empties the playout. The caller holds s.mu.
+func (p *peer) dropRing(s *Shield) {
+	s.held -= p.held
+	p.ring, p.held, p.heldN = nil, 0, 0
 }
 
 // blank reports whether p has neither received nor sent data: a peer
@@ -164,16 +220,18 @@ func (p *peer) blank() bool {
 // what p received or sent: the same peer at a new address (a NAT
 // rebinding, or a new network).
 func (p *peer) follows(f frame) bool {
-	switch {
-	case (f.typ == frameData || f.typ == frameDataAck) && !f.isNew:
-		if !p.rcvInit {
-			return false
-		}
-		if d := seqDiff(f.seq, p.rcvNext); d < -maxAhead || d > maxAhead {
-			return false
-		}
-	case f.typ == frameAck:
-	default:
+	// Only data moves a peer, never an acknowledgement alone (cheap to
+	// forge and it carries nothing QUIC would check), and only a peer
+	// whose address was proven once.
+	if f.typ != frameData && f.typ != frameDataAck || f.isNew || !p.shielded || !p.rcvInit {
+		return false
+	}
+	if d := seqDiff(f.seq, p.rcvNext); d < -maxAhead || d >= maxAhead {
+		return false
+	}
+	if p.strict && (!p.key.verify(f) || !seqLess(p.rcvMax, f.seq)) {
+		// Keyed: only the peer's own frame moves it, and only a new one
+		// (not a replay of one it sent from where it was).
 		return false
 	}
 	if f.ack != nil {
@@ -188,17 +246,21 @@ func (p *peer) follows(f frame) bool {
 // receive records the arrival of seq and schedules its acknowledgement;
 // it reports whether seq is new.
 func (p *peer) receive(seq uint32, now time.Time) bool {
-	if !p.rcvInit || abs64(seqDiff(seq, p.rcvNext)) > resyncDist {
-		// The first frame from this sender, or one from a sender that
-		// started over: follow it.
-		p.rcvInit, p.rcvNext, p.rcvAbove = true, seq, nil
+	if !p.rcvInit {
+		// The first frame from this sender: follow it. A sender that
+		// started over says so with its isn; a frame far from what is
+		// expected is dropped, never followed (docs/transport.md,
+		// "Hostile input").
+		p.rcvInit, p.rcvNext, p.rcvMax, p.rcvAbove = true, seq, seq, nil
 	}
 	d := seqDiff(seq, p.rcvNext)
 	switch {
+	case d < -maxAhead:
+		return false
 	case d < 0:
 		p.ackDue, p.ackNow = true, true // our acknowledgement was lost: say it again
 		return false
-	case d > maxAhead:
+	case d >= maxAhead:
 		return false
 	case d == 0:
 		p.rcvNext++
@@ -242,6 +304,9 @@ func (p *peer) receive(seq uint32, now time.Time) bool {
 			p.ackNow = true // a new hole: tell the sender at once
 		}
 	}
+	if seqLess(p.rcvMax, seq) {
+		p.rcvMax = seq
+	}
 	p.unacked++
 	if p.unacked >= ackEvery {
 		p.ackNow = true
@@ -261,9 +326,16 @@ func (p *peer) ackDelay() time.Duration {
 
 // forward skips the receiver past everything before next: the sender
 // gave up on it.
+// A forward that skips further than just past the highest seq that
+// arrived is ignored, not clipped: a sender gives up only on what it
+// sent, and a blind forgery must then hit a window of a few thousand in
+// 2^32. When a sender gave up on the last it sent, its next packet moves
+// the receiver on.
 func (p *peer) forward(next uint32) {
-	d := seqDiff(next, p.rcvNext)
-	if !p.rcvInit || d <= 0 || d > resyncDist {
+	if !p.rcvInit || seqLess(p.rcvMax+1, next) {
+		return
+	}
+	if d := seqDiff(next, p.rcvNext); d <= 0 || d > maxAhead {
 		return
 	}
 	p.rcvNext = next
@@ -328,6 +400,10 @@ const (
 	pairWindow = 30 * time.Millisecond
 )
 
+// maxDueScan bounds how far past a repaired packet the playout looks for
+// the first packet that arrived after it.
+const maxDueScan = 1024
+
 // holeRounds is how many round trips past its turn a missing packet is
 // waited for: time for two more retransmissions. Giving up on it makes
 // QUIC see a loss and cut its window by 30 %, which NewReno takes
@@ -357,13 +433,25 @@ func (p *peer) deliver(s *Shield, seq uint32, data []byte, now time.Time) {
 		s.deliverLocked(data, p.qaddr)
 		return
 	}
-	if !p.dlvInit || abs64(seqDiff(seq, p.dlvNext)) > resyncDist {
-		p.dlvInit, p.dlvNext, p.ring = true, seq, nil
+	if !p.dlvInit {
+		p.dlvInit, p.dlvNext = true, seq
 	}
 	d := seqDiff(seq, p.dlvNext)
 	if d < 0 || d >= maxAhead { // late, after its turn was given up
 		s.deliverLocked(data, p.qaddr)
 		s.stats.Late++
+		return
+	}
+	if p.playout() == 0 {
+		p.pingFloor(now) // learn the round trip: a ping answers in one
+	}
+	// Held packets are bounded: while the round trip is unknown (the
+	// sender may be a forgery that never answers a ping), and in bytes,
+	// per peer and in all. Past a bound a packet goes to QUIC at once,
+	// which authenticates it and copes with the disorder.
+	if (p.playout() == 0 && p.heldN >= maxHeldUnknown) || p.held+len(data) > maxHeld || s.held+len(data) > maxHeldTotal {
+		s.deliverLocked(data, p.qaddr)
+		s.stats.Unheld++
 		return
 	}
 	h := &heldPacket{data: data, arrived: now}
@@ -379,8 +467,11 @@ func (p *peer) deliver(s *Shield, seq uint32, data []byte, now time.Time) {
 		p.ring = append(p.ring, nil)
 	}
 	// A packet sent again is due when it would have been: with the first
-	// that arrived after it.
-	for _, e := range p.ring[d+1:] {
+	// that arrived after it, looked for among the next maxDueScan (a
+	// hole is seldom longer than what is in flight on a satellite path,
+	// and crafted sequence numbers must not make each frame walk the
+	// ring).
+	for _, e := range p.ring[d+1 : min(int64(len(p.ring)), d+1+maxDueScan)] {
 		if e != nil {
 			if e.arrived.Before(h.arrived) {
 				h.arrived = e.arrived
@@ -388,9 +479,16 @@ func (p *peer) deliver(s *Shield, seq uint32, data []byte, now time.Time) {
 			break
 		}
 	}
+	if old := p.ring[d]; old != nil && old.data != nil {
+		p.held -= len(old.data)
+		p.heldN--
+		s.held -= len(old.data)
+	}
 	p.ring[d] = h
-	if p.playout() == 0 {
-		p.pingNow = true // learn the round trip: a ping answers in one
+	if h.data != nil {
+		p.held += len(h.data)
+		p.heldN++
+		s.held += len(h.data)
 	}
 	p.release(s, now)
 }
@@ -398,7 +496,7 @@ func (p *peer) deliver(s *Shield, seq uint32, data []byte, now time.Time) {
 // releaseAt returns when the next packet in the playout is due, or zero.
 func (p *peer) releaseAt() time.Time {
 	h := p.playout()
-	if len(p.ring) == 0 || h == 0 {
+	if len(p.ring) == 0 {
 		return time.Time{}
 	}
 	later := func(t time.Time) time.Time {
@@ -406,6 +504,16 @@ func (p *peer) releaseAt() time.Time {
 			return p.releaseNext
 		}
 		return t
+	}
+	if h == 0 {
+		// The round trip is still unknown: hold what came for a ping's
+		// answer, but not for ever (the sender may never answer).
+		for _, e := range p.ring {
+			if e != nil {
+				return later(e.arrived.Add(unknownHold))
+			}
+		}
+		return time.Time{}
 	}
 	if e := p.ring[0]; e != nil {
 		due := e.arrived.Add(h)
@@ -456,6 +564,9 @@ func (p *peer) release(s *Shield, now time.Time) {
 		} else if e.data != nil {
 			s.deliverLocked(e.data, p.qaddr)
 			p.paired = !p.paired
+			p.held -= len(e.data)
+			p.heldN--
+			s.held -= len(e.data)
 		}
 		p.ring[0] = nil
 		p.ring = p.ring[1:]
@@ -475,7 +586,9 @@ func (p *peer) rto() time.Duration {
 	return min(max(p.srtt+4*p.rttvar+p.ackDelay(), minRTO), maxRTO)
 }
 
-func (p *peer) onRTTSample(now time.Time, rtt time.Duration) {
+// onRTTSample takes a round-trip sample; fromPing says it is a ping's,
+// whose random id a blind attacker cannot echo (pacer.onRTT).
+func (p *peer) onRTTSample(now time.Time, rtt time.Duration, fromPing bool) {
 	if rtt <= 0 {
 		return
 	}
@@ -489,7 +602,40 @@ func (p *peer) onRTTSample(now time.Time, rtt time.Duration) {
 		p.rttvar = (3*p.rttvar + d) / 4
 		p.srtt = (7*p.srtt + rtt) / 8
 	}
-	p.pacer.onRTT(rtt)
+	p.pacer.onRTT(rtt, fromPing)
+}
+
+// pinged returns the ping whose id an acknowledgement echoes, if any.
+func (p *peer) pinged(echo uint32) (ping, bool) {
+	if echo == 0 {
+		return ping{}, false
+	}
+	for _, pg := range p.pings {
+		if pg.id == echo && !pg.at.IsZero() {
+			return pg, true
+		}
+	}
+	return ping{}, false
+}
+
+// pingFloor asks for a ping to learn the round trip, at most once per
+// retransmission timeout.
+func (p *peer) pingFloor(now time.Time) {
+	if p.floorPing.IsZero() || now.Sub(p.floorPing) >= p.rto() {
+		p.pingNow, p.floorPing = true, now
+	}
+}
+
+// randomID returns a ping id: random and never zero, so that only a
+// datagram sent to a peer's address can tell it.
+func randomID() uint32 {
+	var b [4]byte
+	for {
+		rand.Read(b[:])
+		if id := binary.BigEndian.Uint32(b[:]); id != 0 {
+			return id
+		}
+	}
 }
 
 // at returns the window's packet for seq, or nil.
@@ -534,24 +680,29 @@ func (p *peer) onAck(a *ackBlock, now time.Time) bool {
 	if valid && (!p.rcvSeen || seqLess(p.peerNext, a.next)) {
 		p.peerNext, p.rcvSeen = a.next, true
 	}
+	if !valid {
+		// Its ranges are relative to a next that means nothing here.
+		a = &ackBlock{echo: a.echo}
+	}
 	if d := seqDiff(a.next, p.base); valid && d > 0 {
 		for i := range min(d, int64(len(p.win))) {
 			ackOne(p.base + uint32(i))
 		}
 	}
+	// Each range is clipped to the window: the work an acknowledgement
+	// costs is bounded by what is in flight, whatever it claims.
 	for _, r := range a.ranges {
-		for i := range r.n {
-			if seqDiff(r.start+i, p.base) >= int64(len(p.win)) {
-				break
-			}
-			ackOne(r.start + i)
+		lo := max(seqDiff(r.start, p.base), 0)
+		hi := min(seqDiff(r.start, p.base)+int64(r.n), int64(len(p.win)))
+		for i := lo; i < hi; i++ {
+			ackOne(p.base + uint32(i))
 		}
 	}
 	freed := false
 	if latest != nil {
 		p.progress = now
 		if latest.sends == 1 { // Karn: only unambiguous samples
-			p.onRTTSample(now, now.Sub(latest.sentAt))
+			p.onRTTSample(now, now.Sub(latest.sentAt), false)
 		}
 		if latest.xmit > p.rackXmit {
 			p.rackXmit, p.rackSent = latest.xmit, latest.sentAt
@@ -560,13 +711,15 @@ func (p *peer) onAck(a *ackBlock, now time.Time) bool {
 		freed = true
 	}
 	// A ping answered: the path works, and whatever was sent before the
-	// ping and is still missing was lost (a satellite path is FIFO).
-	if pg := p.pings[a.echo%uint32(len(p.pings))]; a.echo != 0 && pg.id == a.echo && !pg.at.IsZero() {
+	// ping and is still missing was lost (a satellite path is FIFO). Its
+	// id was random: only what was sent to addr could tell it, so addr
+	// is the peer's.
+	if pg, ok := p.pinged(a.echo); ok {
 		p.progress = now
-		p.onRTTSample(now, now.Sub(pg.at))
+		p.onRTTSample(now, now.Sub(pg.at), true)
 		p.markLost(func(pk *packet) bool { return pk.sentAt.Before(pg.at) })
 		for i := range p.pings {
-			if !seqLess(a.echo, p.pings[i].id) {
+			if !p.pings[i].at.After(pg.at) {
 				p.pings[i] = ping{}
 			}
 		}
@@ -620,11 +773,4 @@ func (p *peer) markLost(lost func(*packet) bool) {
 		slices.SortFunc(p.lost, func(a, b uint32) int { return int(seqDiff(a, b)) })
 		p.lost = slices.Compact(p.lost)
 	}
-}
-
-func abs64(x int64) int64 {
-	if x < 0 {
-		return -x
-	}
-	return x
 }

@@ -8,7 +8,7 @@ const udpOverhead = 28
 
 // pump sends what is due to p at now. The caller holds s.mu.
 func (p *peer) pump(s *Shield, now time.Time, final bool, out []outgoing) []outgoing {
-	for {
+	for p.proven {
 		pk, seq, ok := p.nextToSend(s, now, final)
 		if !ok {
 			break
@@ -18,8 +18,8 @@ func (p *peer) pump(s *Shield, now time.Time, final bool, out []outgoing) []outg
 		if p.ackDue {
 			// An acknowledgement rides along if it fits.
 			a := p.peekAck()
-			b = appendData(make([]byte, 0, MaxDatagram), seq, isNew, p.isn, a, pk.data)
-			if len(b) <= MaxDatagram {
+			b = appendData(make([]byte, 0, MaxDatagram+macSize), seq, isNew, p.isn, a, pk.data)
+			if len(b)+p.macLen() <= MaxDatagram {
 				p.takeAck()
 				s.stats.Piggybacked++
 			} else {
@@ -27,8 +27,9 @@ func (p *peer) pump(s *Shield, now time.Time, final bool, out []outgoing) []outg
 			}
 		}
 		if b == nil {
-			b = appendData(make([]byte, 0, dataHeader+4+len(pk.data)), seq, isNew, p.isn, nil, pk.data)
+			b = appendData(make([]byte, 0, dataHeader+4+macSize+len(pk.data)), seq, isNew, p.isn, nil, pk.data)
 		}
+		b = p.seal(b)
 		if pk.sends > 1 {
 			s.stats.RetransmitBytes += int64(len(b))
 		}
@@ -43,6 +44,7 @@ func (p *peer) pump(s *Shield, now time.Time, final bool, out []outgoing) []outg
 		p.inflight += pk.size
 		s.stats.DataSent++
 		s.stats.DataBytes += int64(len(b))
+		p.tx += int64(len(b))
 		out = append(out, outgoing{b: b, addr: p.addr})
 		if pk.sends > 1 && p.twice() {
 			// A second copy: the receiver's playout covers one
@@ -62,37 +64,74 @@ func (p *peer) pump(s *Shield, now time.Time, final bool, out []outgoing) []outg
 		p.release(s, now)
 	}
 	if p.ackDue && (p.ackNow || !now.Before(p.ackAt)) {
-		b := appendAck(make([]byte, 0, 16), p.takeAck())
-		s.stats.AcksSent++
-		s.stats.AckBytes += int64(len(b))
-		out = append(out, outgoing{b: b, addr: p.addr})
+		a := p.takeAck()
+		b := appendAck(make([]byte, 0, 16), a)
+		if !p.proven && !p.budget(len(b)+p.macLen()) {
+			// To an address not proven the peer's, an acknowledgement
+			// is no larger than amplification allows: the ranges go
+			// first, then the acknowledgement itself.
+			b = appendAck(b[:0], &ackBlock{next: a.next, echo: a.echo})
+			if !p.budget(len(b) + p.macLen()) {
+				b = nil
+			}
+		}
+		if b != nil {
+			b = p.seal(b)
+			s.stats.AcksSent++
+			s.stats.AckBytes += int64(len(b))
+			p.tx += int64(len(b))
+			out = append(out, outgoing{b: b, addr: p.addr})
+		}
 	}
 	if p.rcvSeen && seqLess(p.peerNext, p.base) && !now.Before(p.fwdAt) {
 		// The receiver still waits for something given up on.
 		p.fwdAt = now.Add(max(p.srtt, minRTO))
-		out = append(out, outgoing{b: appendForward(make([]byte, 0, 5), p.base), addr: p.addr})
+		if p.proven || p.budget(5) {
+			b := p.seal(appendForward(make([]byte, 0, 5+macSize), p.base))
+			p.tx += int64(len(b))
+			out = append(out, outgoing{b: b, addr: p.addr})
+		}
 	}
 	if p.outstanding() && now.Sub(p.lastHeard) > ProbeFor {
 		p.giveUp(s)
 	}
-	if p.pingNow || p.outstanding() && !now.Before(p.probeDue()) {
+	if p.pacer.minRTT == 0 && len(p.win) > 0 {
+		p.pingFloor(now) // the pacer needs the round trip
+	}
+	if p.pingNow || p.proven && p.outstanding() && !now.Before(p.probeDue()) {
 		p.pingNow = false
-		p.pingID++
-		if p.pingID == 0 {
-			p.pingID++
+		if !p.proven && !p.budget(5+p.macLen()) {
+			return out
 		}
-		p.pings[p.pingID%uint32(len(p.pings))] = ping{id: p.pingID, at: now}
+		// A stranger's ping id is a cookie: its echo proves the address
+		// even if the peer's state was evicted meanwhile.
+		id := randomID()
+		if !p.proven {
+			id = s.cookie(p.addr, now)
+		}
+		id = id&^0xf | uint32(p.pingSlot+1)
+		p.pings[p.pingSlot] = ping{id: id, at: now}
+		p.pingSlot = (p.pingSlot + 1) % len(p.pings)
 		last := time.Duration(0)
 		if !p.probeAt.IsZero() {
 			last = now.Sub(p.prevProbe)
 		}
 		p.prevProbe = now
 		p.probeAt = now.Add(p.probeInterval(now, last))
-		b := appendPing(make([]byte, 0, 5), p.pingID)
+		b := p.seal(appendPing(make([]byte, 0, 5+macSize), id))
 		s.stats.Pings++
+		p.tx += int64(len(b))
 		out = append(out, outgoing{b: b, addr: p.addr})
 	}
 	return out
+}
+
+// budget reports whether n more bytes to p keep what was sent to an
+// address not proven the peer's within amplification times what came
+// from it (RFC 9000, 8.1, for the same reason: a spoofed source must not
+// make the shield a reflector).
+func (p *peer) budget(n int) bool {
+	return p.tx+int64(n) <= amplification*p.rx
 }
 
 // twice reports whether a retransmission goes out in two copies: when
@@ -238,7 +277,7 @@ func (p *peer) wake(now time.Time) time.Time {
 		// an acknowledgement wakes the sender.)
 		soonest(p.pacer.nextSend)
 	}
-	if p.outstanding() {
+	if p.outstanding() && p.proven {
 		soonest(p.probeDue())
 	}
 	if p.rcvSeen && seqLess(p.peerNext, p.base) {
@@ -247,6 +286,9 @@ func (p *peer) wake(now time.Time) time.Time {
 	soonest(p.releaseAt())
 	if p.pingNow {
 		next = now
+	}
+	if p.pacer.minRTT == 0 && len(p.win) > 0 {
+		soonest(p.floorPing.Add(p.rto()))
 	}
 	soonest(p.lastHeard.Add(PeerIdle))
 	return next

@@ -1,6 +1,11 @@
 package transport
 
 import (
+	"container/heap"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"net"
 	"os"
@@ -60,15 +65,47 @@ const (
 	// may be, and how far past the oldest unacknowledged one a sender
 	// goes.
 	maxAhead = maxWindow / 512
-	// resyncDist is how far from what a receiver expects a sequence
-	// number must be to mean a sender that started over.
-	resyncDist = 1 << 24
 	// readBuffer bounds the QUIC packets delivered but not yet read.
 	readBuffer = 8 << 20
 	// maxSends is how often a packet is sent before the sender gives up
 	// on it (QUIC then sees it lost): on a path that loses 5 %, six
 	// losses in a row happen once in 6×10⁷ packets.
 	maxSends = 6
+)
+
+// Limits on what hostile datagrams can make a Shield hold or send
+// (docs/transport.md, "Hostile input").
+const (
+	// maxHeld bounds the bytes one peer's playout holds: several times
+	// what a satellite link delivers in a playout and a hole's wait
+	// (geo: about 2 MB at 5 Mbit/s). Past it a packet goes to QUIC at
+	// once.
+	maxHeld = 4 << 20
+	// maxHeldTotal bounds the bytes all playouts hold.
+	maxHeldTotal = 128 << 20
+	// maxHeldUnknown bounds the packets one peer's playout holds while
+	// the round trip is unknown (its sender has not answered a ping; it
+	// may be a forgery that never will): QUIC's initial window, which a
+	// handshake fits in.
+	maxHeldUnknown = 32
+	// unknownHold is how long a packet is held while the round trip is
+	// unknown: time for a ping's answer on a GEO path, and one more.
+	unknownHold = 4 * initialRTT
+	// maxFresh bounds the peers never proven (strangers, and agents
+	// whose first packets are still waiting for a ping's answer); past
+	// it, the oldest is forgotten. They cannot evict a proven peer.
+	maxFresh = 256
+	// moveScanEvery spaces the searches for a peer that moved (each
+	// looks at every peer): frames from unknown addresses are cheap to
+	// forge.
+	moveScanEvery = time.Millisecond
+	// cookieEpoch is how long a stranger's ping cookie is good for (and
+	// as long again).
+	cookieEpoch = time.Minute
+	// amplification bounds what a Shield sends to an address not proven
+	// to be its peer's, as a multiple of what came from it (QUIC's own
+	// limit, RFC 9000, 8.1).
+	amplification = 3
 )
 
 // Mode says which peers a Shield shields.
@@ -108,6 +145,8 @@ type ShieldStats struct {
 	Abandoned       int64 // data frames given up on after maxSends
 	Skipped         int64 // packets not there when their turn came
 	Late            int64 // packets that came after their turn: QUIC saw them out of order
+	Unheld          int64 // packets handed over at once: the playout's bounds were reached
+	Refused         int64 // shield frames refused: from strangers, or a new sender while one talks
 	PlainSent       int64 // QUIC packets sent without the shield
 
 	// What crossed the socket, both ways, shield and plain: UDP payload
@@ -163,9 +202,16 @@ type Shield struct {
 	closed   bool
 	peers    map[string]*peer // by where they are
 	byQUIC   map[string]*peer // by where QUIC thinks they are
-	order    []string         // peers' keys, oldest first: the sender's round
+	order    []*peer          // peers, oldest first; some gone
+	sched    peerHeap         // peers by when they need the sender
+	dirty    []*peer          // peers to pump at the next round whatever sched says
 	readQ    []delivery
 	readQLen int
+	held     int           // bytes in all peers' playouts
+	fresh    []*peer       // peers never proven, oldest first; some stale
+	nFresh   int           // how many of them are live
+	secret   [32]byte      // keys the ping cookies
+	scanAt   time.Time     // when movedLocked may search again
 	readWake chan struct{} // closed and replaced when readQ grows or the deadline changes
 	deadline time.Time
 	stats    ShieldStats
@@ -197,6 +243,7 @@ func NewShield(pc net.PacketConn, conf ShieldConfig) *Shield {
 		kick:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
 	}
+	rand.Read(s.secret[:])
 	s.wg.Add(2)
 	go s.readLoop()
 	go s.sendLoop()
@@ -213,31 +260,108 @@ func (s *Shield) peerLocked(addr net.Addr, create bool, now time.Time) *peer {
 	if !create {
 		return nil
 	}
-	if len(s.peers) >= MaxPeers {
-		// Forget the peer heard from least recently.
-		var oldest *peer
-		for _, p := range s.peers {
-			if oldest == nil || p.lastHeard.Before(oldest.lastHeard) {
-				oldest = p
+	p := newPeer(addr, now)
+	if s.conf.Mode == Client {
+		// A client creates peers only for where it sends: the hub it
+		// dials.
+		p.proven, p.shielded = true, true
+	} else {
+		// A stranger takes the place of the oldest stranger, never of a
+		// proven peer.
+		for s.nFresh >= maxFresh && len(s.fresh) > 0 {
+			old := s.fresh[0]
+			s.fresh[0] = nil
+			s.fresh = s.fresh[1:]
+			if !old.shielded && s.peers[old.addr.String()] == old {
+				s.forgetLocked(old)
 			}
 		}
-		s.forgetLocked(oldest)
+		if len(s.fresh) > 4*maxFresh {
+			s.fresh = slices.DeleteFunc(s.fresh, func(q *peer) bool { return q.shielded || s.peers[q.addr.String()] != q })
+		}
+		s.fresh = append(s.fresh, p)
+		s.nFresh++
 	}
-	p := newPeer(addr, now)
 	s.peers[key] = p
 	s.byQUIC[key] = p
-	s.order = append(s.order, key)
+	if len(s.order) > 2*len(s.peers)+16 {
+		s.order = slices.DeleteFunc(s.order, func(q *peer) bool { return q.gone })
+	}
+	s.order = append(s.order, p)
+	s.touchLocked(p)
 	return p
+}
+
+// touchLocked has the sender look at p at its next round: p has
+// something new to do. The caller holds s.mu.
+func (s *Shield) touchLocked(p *peer) {
+	if !p.dirty {
+		p.dirty = true
+		s.dirty = append(s.dirty, p)
+	}
 }
 
 // forgetLocked drops a peer's state. The caller holds s.mu.
 func (s *Shield) forgetLocked(p *peer) {
 	key := p.addr.String()
+	p.dropRing(s)
+	if !p.shielded {
+		s.nFresh--
+	}
 	delete(s.peers, key)
 	if s.byQUIC[p.qaddr.String()] == p {
 		delete(s.byQUIC, p.qaddr.String())
 	}
-	s.order = slices.DeleteFunc(s.order, func(k string) bool { return k == key })
+	p.gone = true
+	if p.hidx >= 0 {
+		heap.Remove(&s.sched, p.hidx)
+	}
+}
+
+// provenLocked records that p's address answered a ping. The caller
+// holds s.mu.
+func (s *Shield) provenLocked(p *peer) {
+	p.proven = true
+	if p.shielded {
+		return
+	}
+	p.shielded = true
+	s.nFresh--
+	if len(s.peers)-s.nFresh > MaxPeers {
+		// Forget the proven peer heard from least recently.
+		var oldest *peer
+		for _, q := range s.peers {
+			if q != p && q.shielded && (oldest == nil || q.lastHeard.Before(oldest.lastHeard)) {
+				oldest = q
+			}
+		}
+		if oldest != nil {
+			s.forgetLocked(oldest)
+		}
+	}
+}
+
+// cookie returns the ping id that proves addr at now: only a datagram
+// sent there can tell it. Its last four bits are left for the caller.
+func (s *Shield) cookie(addr net.Addr, now time.Time) uint32 {
+	return s.cookieAt(addr, now.UnixNano()/int64(cookieEpoch))
+}
+
+func (s *Shield) cookieAt(addr net.Addr, epoch int64) uint32 {
+	m := hmac.New(sha256.New, s.secret[:])
+	binary.Write(m, binary.BigEndian, epoch)
+	m.Write([]byte(addr.String()))
+	return binary.BigEndian.Uint32(m.Sum(nil)) &^ 0xf
+}
+
+// cookieOK reports whether echo is a cookie of addr's, of this epoch or
+// the one before.
+func (s *Shield) cookieOK(addr net.Addr, echo uint32, now time.Time) bool {
+	if echo&0xf == 0 {
+		return false
+	}
+	e := now.UnixNano() / int64(cookieEpoch)
+	return echo&^0xf == s.cookieAt(addr, e) || echo&^0xf == s.cookieAt(addr, e-1)
 }
 
 // movedLocked finds the peer a frame from an unknown address belongs to,
@@ -247,8 +371,13 @@ func (s *Shield) forgetLocked(p *peer) {
 // state) is slow on a long path, and v0.65.0's loss timer can spin after
 // it. The caller holds s.mu.
 func (s *Shield) movedLocked(addr net.Addr, f frame, blank *peer) *peer {
-	if s.conf.Mode != Server {
+	if s.conf.Mode != Server || f.typ != frameData && f.typ != frameDataAck || f.isNew {
 		return nil
+	}
+	if now := time.Now(); now.Before(s.scanAt) {
+		return nil
+	} else {
+		s.scanAt = now.Add(moveScanEvery)
 	}
 	var found *peer
 	for _, p := range s.peers {
@@ -263,9 +392,12 @@ func (s *Shield) movedLocked(addr net.Addr, f frame, blank *peer) *peer {
 		old := found.addr.String()
 		delete(s.peers, old)
 		found.addr = addr
+		// Until the new address answers a ping, it gets no data and no
+		// more than amplification allows: a sniffer can forge the frame
+		// that moved the peer, and the address may be a victim's.
+		found.proven, found.rx, found.tx = false, 0, 0
+		found.floorPing = time.Time{}
 		s.peers[addr.String()] = found
-		i := slices.Index(s.order, old)
-		s.order[i] = addr.String()
 	}
 	return found
 }
@@ -360,6 +492,13 @@ func (s *Shield) WriteTo(b []byte, addr net.Addr) (int, error) {
 		if p == nil && s.conf.Mode == Client {
 			p = s.peerLocked(addr, true, now)
 		}
+		if p != nil && !p.shielded {
+			// A Server shields only to an address proven its peer's: a
+			// spoofed shield frame must not turn a plain QUIC client's
+			// traffic into frames it cannot read, nor make the shield
+			// send (and probe) a stranger.
+			p = nil
+		}
 		if p == nil {
 			s.stats.PlainSent++
 			s.stats.BytesSent += int64(len(b))
@@ -374,6 +513,7 @@ func (s *Shield) WriteTo(b []byte, addr net.Addr) (int, error) {
 			} else {
 				p.queue = append(p.queue, slices.Clone(b))
 				p.queued += len(b)
+				s.touchLocked(p)
 			}
 			s.mu.Unlock()
 			s.wakeSender()
@@ -452,9 +592,11 @@ func (s *Shield) Stats() ShieldStats {
 func (s *Shield) Paths() []PathInfo {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	out := make([]PathInfo, 0, len(s.order))
-	for _, k := range s.order {
-		out = append(out, s.peers[k].info())
+	out := make([]PathInfo, 0, len(s.peers))
+	for _, p := range s.order {
+		if !p.gone {
+			out = append(out, p.info())
+		}
 	}
 	return out
 }
@@ -500,6 +642,12 @@ func (s *Shield) readLoop() {
 		s.mu.Lock()
 		now := time.Now()
 		p := s.peerLocked(addr, false, now)
+		if p == nil && s.conf.Mode == Client {
+			// A client talks to the hub it dialled, and to no one else.
+			s.stats.Refused++
+			s.mu.Unlock()
+			continue
+		}
 		if p == nil || p.blank() {
 			// Unknown here, or known only from its probes: is it a peer
 			// that moved?
@@ -510,6 +658,23 @@ func (s *Shield) readLoop() {
 		if p == nil {
 			p = s.peerLocked(addr, true, now)
 		}
+		if p.key != nil {
+			switch {
+			case p.key.verify(f):
+				p.strict = true
+			case p.key.retired && f.isNew && f.mac == nil:
+				// A new connection from the same socket, after the one
+				// keyed ended.
+				p.key, p.strict = nil, false
+			case p.strict:
+				// Keyed, and the frame is not the peer's.
+				s.stats.Refused++
+				s.mu.Unlock()
+				continue
+			}
+		}
+		p.rx += int64(n)
+		s.touchLocked(p)
 		if p.handle(s, f, now) {
 			s.wakeSender()
 		}
@@ -573,24 +738,76 @@ type outgoing struct {
 // datagrams to write to out and returns when it must run again (zero:
 // only when woken). With final set it sends what QUIC queued, once,
 // ignoring the pacer. The caller holds s.mu.
+//
+// It looks only at the peers that need it: those touched since the last
+// round and those whose wake time came, so that a datagram from one
+// peer costs the sender nothing for the others.
 func (s *Shield) pumpLocked(now time.Time, final bool, out []outgoing) (time.Time, []outgoing) {
-	var next time.Time
-	for _, key := range s.order {
-		p := s.peers[key]
-		if !now.Before(p.lastHeard.Add(PeerIdle)) {
-			delete(s.peers, key)
-			if s.byQUIC[p.qaddr.String()] == p {
-				delete(s.byQUIC, p.qaddr.String())
+	if final {
+		for _, p := range s.order {
+			if !p.gone {
+				out = p.pump(s, now, final, out)
 			}
+		}
+		return time.Time{}, out
+	}
+	work := s.dirty
+	s.dirty = nil
+	for len(s.sched) > 0 && !now.Before(s.sched[0].wakeAt) {
+		p := heap.Pop(&s.sched).(*peer)
+		if !p.dirty {
+			p.dirty = true
+			work = append(work, p)
+		}
+	}
+	for _, p := range work {
+		p.dirty = false
+		if p.gone {
+			continue
+		}
+		if !now.Before(p.lastHeard.Add(PeerIdle)) {
+			s.forgetLocked(p)
 			continue
 		}
 		out = p.pump(s, now, final, out)
-		if t := p.wake(now); !t.IsZero() && (next.IsZero() || t.Before(next)) {
-			next = t
+		switch t := p.wake(now); {
+		case t.IsZero():
+			if p.hidx >= 0 {
+				heap.Remove(&s.sched, p.hidx)
+			}
+		case p.hidx >= 0:
+			p.wakeAt = t
+			heap.Fix(&s.sched, p.hidx)
+		default:
+			p.wakeAt = t
+			heap.Push(&s.sched, p)
 		}
 	}
-	if len(s.order) != len(s.peers) {
-		s.order = slices.DeleteFunc(s.order, func(k string) bool { _, ok := s.peers[k]; return !ok })
+	if len(s.sched) == 0 {
+		return time.Time{}, out
 	}
-	return next, out
+	return s.sched[0].wakeAt, out
+}
+
+// peerHeap orders peers by when they need the sender (container/heap).
+type peerHeap []*peer
+
+func (h peerHeap) Len() int           { return len(h) }
+func (h peerHeap) Less(i, j int) bool { return h[i].wakeAt.Before(h[j].wakeAt) }
+func (h peerHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].hidx, h[j].hidx = i, j
+}
+func (h *peerHeap) Push(x any) {
+	p := x.(*peer)
+	p.hidx = len(*h)
+	*h = append(*h, p)
+}
+func (h *peerHeap) Pop() any {
+	old := *h
+	p := old[len(old)-1]
+	old[len(old)-1] = nil
+	*h = old[:len(old)-1]
+	p.hidx = -1
+	return p
 }
