@@ -89,15 +89,16 @@ func inNetns(ns string, fn func() error) error {
 	return <-errc
 }
 
-// openTUN makes the TUN device in namespace ns and gives it addr.
-func openTUN(ns, addr string) (*os.File, error) {
+// createTUN makes the TUN device name in namespace ns, non-blocking so
+// that Close ends a blocked Read.
+func createTUN(ns, name string) (*os.File, error) {
 	var tun *os.File
 	err := inNetns(ns, func() error {
 		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
 		if err != nil {
 			return err
 		}
-		ifr, err := unix.NewIfreq(tunName)
+		ifr, err := unix.NewIfreq(name)
 		if err != nil {
 			unix.Close(fd)
 			return err
@@ -107,14 +108,19 @@ func openTUN(ns, addr string) (*os.File, error) {
 			unix.Close(fd)
 			return fmt.Errorf("create TUN device: %w", err)
 		}
-		// Non-blocking, so that Close ends a blocked Read.
 		if err := unix.SetNonblock(fd, true); err != nil {
 			unix.Close(fd)
 			return err
 		}
-		tun = os.NewFile(uintptr(fd), tunName)
+		tun = os.NewFile(uintptr(fd), name)
 		return nil
 	})
+	return tun, err
+}
+
+// openTUN makes the TUN device in namespace ns and gives it addr.
+func openTUN(ns, addr string) (*os.File, error) {
+	tun, err := createTUN(ns, tunName)
 	if err != nil {
 		return nil, err
 	}

@@ -38,15 +38,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
-
-	"golang.org/x/sys/unix"
 )
 
 // Addresses and names inside the namespaces; the namespaces themselves
@@ -147,37 +144,6 @@ type nmLink struct {
 	isDown bool
 }
 
-func nmRun(name string, args ...string) error {
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		return fmt.Errorf("%s %s: %v: %s", name, strings.Join(args, " "), err, bytes.TrimSpace(out))
-	}
-	return nil
-}
-
-// nmInNetns runs fn on a thread in network namespace ns; sockets it
-// opens belong there.
-func nmInNetns(ns string, fn func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		// Never unlocked: the thread ends with this goroutine, so no other
-		// goroutine ever runs in the namespace.
-		runtime.LockOSThread()
-		f, err := os.Open("/var/run/netns/" + ns)
-		if err != nil {
-			errc <- err
-			return
-		}
-		defer f.Close()
-		if err := unix.Setns(int(f.Fd()), unix.CLONE_NEWNET); err != nil {
-			errc <- fmt.Errorf("enter network namespace %s: %w", ns, err)
-			return
-		}
-		errc <- fn()
-	}()
-	return <-errc
-}
-
 // nmCanRun says why the harness cannot run here, or "".
 func nmCanRun() string {
 	if os.Geteuid() != 0 {
@@ -195,11 +161,11 @@ func nmCanRun() string {
 // a throwaway namespace's loopback.
 func nmHasNetem() bool {
 	ns := fmt.Sprintf("fsnm%d-probe", os.Getpid())
-	if nmRun("ip", "netns", "add", ns) != nil {
+	if run("ip", "netns", "add", ns) != nil {
 		return false
 	}
-	defer nmRun("ip", "netns", "del", ns)
-	return nmRun("tc", "-n", ns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms") == nil
+	defer run("ip", "netns", "del", ns)
+	return run("tc", "-n", ns, "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms") == nil
 }
 
 // newNMLink makes the namespaces and the link of p with backend ("netem"
@@ -213,41 +179,41 @@ func newNMLink(tb nmCleaner, p nmProfile, backend string) (*nmLink, error) {
 	}
 	tb.Cleanup(l.close)
 	for _, ns := range []string{l.nsA, l.nsH} {
-		if err := nmRun("ip", "netns", "add", ns); err != nil {
+		if err := run("ip", "netns", "add", ns); err != nil {
 			return nil, err
 		}
-		if err := nmRun("ip", "-n", ns, "link", "set", "lo", "up"); err != nil {
+		if err := run("ip", "-n", ns, "link", "set", "lo", "up"); err != nil {
 			return nil, err
 		}
 	}
 	switch backend {
 	case "netem":
-		if err := nmRun("ip", "link", "add", nmDev, "netns", l.nsA, "type", "veth", "peer", "name", nmDev, "netns", l.nsH); err != nil {
+		if err := run("ip", "link", "add", nmDev, "netns", l.nsA, "type", "veth", "peer", "name", nmDev, "netns", l.nsH); err != nil {
 			return nil, err
 		}
 		for _, ns := range []string{l.nsA, l.nsH} {
 			// One segment per packet: with TSO/GSO a 64 KB TCP super-packet
 			// would be one packet to netem's loss (no ethtool needed).
-			if err := nmRun("ip", "-n", ns, "link", "set", nmDev, "gso_max_segs", "1", "gso_max_size", strconv.Itoa(nmMTU)); err != nil {
+			if err := run("ip", "-n", ns, "link", "set", nmDev, "gso_max_segs", "1", "gso_max_size", strconv.Itoa(nmMTU)); err != nil {
 				return nil, err
 			}
 		}
 	case "tun":
 		var err error
-		if l.tunA, err = nmOpenTUN(l.nsA); err != nil {
+		if l.tunA, err = createTUN(l.nsA, nmDev); err != nil {
 			return nil, err
 		}
-		if l.tunH, err = nmOpenTUN(l.nsH); err != nil {
+		if l.tunH, err = createTUN(l.nsH, nmDev); err != nil {
 			return nil, err
 		}
 	default:
 		return nil, fmt.Errorf("unknown backend %q", backend)
 	}
 	for ns, ip := range map[string]string{l.nsA: nmAgentIP, l.nsH: nmHubIP} {
-		if err := nmRun("ip", "-n", ns, "addr", "add", ip+"/24", "dev", nmDev); err != nil {
+		if err := run("ip", "-n", ns, "addr", "add", ip+"/24", "dev", nmDev); err != nil {
 			return nil, err
 		}
-		if err := nmRun("ip", "-n", ns, "link", "set", nmDev, "mtu", strconv.Itoa(nmMTU), "up"); err != nil {
+		if err := run("ip", "-n", ns, "link", "set", nmDev, "mtu", strconv.Itoa(nmMTU), "up"); err != nil {
 			return nil, err
 		}
 	}
@@ -286,7 +252,7 @@ type nmCleaner interface {
 func (l *nmLink) shape(down bool) error {
 	for _, ns := range []string{l.nsA, l.nsH} {
 		args := append([]string{"-n", ns, "qdisc", "replace", "dev", nmDev, "root"}, l.prof.netemArgs(down)...)
-		if err := nmRun("tc", args...); err != nil {
+		if err := run("tc", args...); err != nil {
 			return err
 		}
 	}
@@ -371,37 +337,8 @@ func (l *nmLink) close() {
 	}
 	l.wg.Wait()
 	for _, ns := range []string{l.nsA, l.nsH} {
-		nmRun("ip", "netns", "del", ns)
+		run("ip", "netns", "del", ns)
 	}
-}
-
-// nmOpenTUN makes the TUN device nmDev in namespace ns.
-func nmOpenTUN(ns string) (*os.File, error) {
-	var tun *os.File
-	err := nmInNetns(ns, func() error {
-		fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
-		if err != nil {
-			return err
-		}
-		ifr, err := unix.NewIfreq(nmDev)
-		if err != nil {
-			unix.Close(fd)
-			return err
-		}
-		ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
-		if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
-			unix.Close(fd)
-			return fmt.Errorf("create TUN device: %w", err)
-		}
-		// Non-blocking, so that Close ends a blocked Read.
-		if err := unix.SetNonblock(fd, true); err != nil {
-			unix.Close(fd)
-			return err
-		}
-		tun = os.NewFile(uintptr(fd), nmDev)
-		return nil
-	})
-	return tun, err
 }
 
 // nmDir is one direction of the tun backend's link, in real time: a
@@ -879,7 +816,7 @@ func (r nmResult) perByte() float64 {
 }
 
 func nmCopyDir(src, dst string) error {
-	return nmRun("cp", "-a", src, dst)
+	return run("cp", "-a", src, dst)
 }
 
 // nmSync runs `hub serve` in the hub's namespace and `agent sync` in the
@@ -1050,7 +987,7 @@ func nmReadLogs(hubLog, agentLog string) (int, string) {
 // connection) from the agent's namespace to a server in the hub's.
 func nmHTTPS(ctx context.Context, l *nmLink, fx *nmFixture) nmResult {
 	res := nmResult{Method: "https (Go net/http, kernel TCP)", Payload: fx.payloadBytes}
-	nmInNetns(l.nsA, func() error {
+	inNetns(l.nsA, func() error {
 		b, _ := os.ReadFile("/proc/sys/net/ipv4/tcp_congestion_control")
 		res.TCPCC = strings.TrimSpace(string(b))
 		return nil
@@ -1071,7 +1008,7 @@ func nmHTTPS(ctx context.Context, l *nmLink, fx *nmFixture) nmResult {
 		return res
 	}
 	var ln net.Listener
-	if err := nmInNetns(l.nsH, func() (err error) {
+	if err := inNetns(l.nsH, func() (err error) {
 		ln, err = net.Listen("tcp", net.JoinHostPort(nmHubIP, nmHTTPPort))
 		return err
 	}); err != nil {
@@ -1097,7 +1034,7 @@ func nmHTTPS(ctx context.Context, l *nmLink, fx *nmFixture) nmResult {
 		TLSClientConfig:     &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13},
 		TLSHandshakeTimeout: time.Minute,
 		DialContext: func(ctx context.Context, network, addr string) (conn net.Conn, err error) {
-			err = nmInNetns(l.nsA, func() (err error) {
+			err = inNetns(l.nsA, func() (err error) {
 				conn, err = (&net.Dialer{}).DialContext(ctx, network, addr)
 				return err
 			})

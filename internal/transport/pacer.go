@@ -97,12 +97,16 @@ type pacer struct {
 	round              int64
 	nextRoundDelivered int64
 
-	fullBw          float64
-	fullBwCount     int
-	roundMinRTT     time.Duration // the least RTT sample of this round
-	prevRoundMinRTT time.Duration
-	roundRTTs       int // RTT samples this round
-	lastRTT         time.Duration
+	fullBw      float64
+	fullBwCount int
+	roundMinRTT time.Duration // the least RTT sample of this round
+	// roundBytes and prevRoundBytes are what was delivered in this round
+	// and the one before: a queue only says the pipe is full if this
+	// sender is what fills it (see update).
+	roundBytes, prevRoundBytes int64
+	prevRoundMinRTT            time.Duration
+	roundRTTs                  int // RTT samples this round
+	lastRTT                    time.Duration
 
 	cycle   int
 	cycleAt time.Time
@@ -303,6 +307,7 @@ func (p *pacer) onAck(now time.Time, size int, st sendState, sentAt time.Time, i
 		p.round++
 		roundStart = true
 	}
+	p.roundBytes += int64(size)
 
 	// The delivery rate over the interval this packet spanned: from the
 	// acknowledgement before it was sent to now, or its send interval if
@@ -341,10 +346,19 @@ func (p *pacer) update(now time.Time, roundStart, appLimited bool, inflight int)
 		// while the sender had more to send. Under QUIC the sender is
 		// mostly limited by QUIC until the link is full, so the queue is
 		// what tells.
-		queue := p.roundRTTs >= 8 && p.minRTT > 0 && p.roundMinRTT > p.minRTT+max(p.minRTT/4, 10*time.Millisecond)
+		//
+		// A sender of little (the hub, acknowledging an agent's upload)
+		// sees the queue of the other direction in its round trips, as its
+		// acknowledgements come back behind the upload: that says nothing
+		// of its own path, and leaving startup on it would pace the next
+		// burst (the bundle the hub sends down) at the trickle it measured.
+		// So the queue counts once a round delivered a QUIC initial
+		// window's worth.
+		queue := p.roundRTTs >= 8 && p.minRTT > 0 && p.roundMinRTT > p.minRTT+max(p.minRTT/4, 10*time.Millisecond) &&
+			max(p.roundBytes, p.prevRoundBytes) >= initialWindow
 		if roundStart {
-			p.prevRoundMinRTT = p.roundMinRTT
-			p.roundMinRTT, p.roundRTTs = 0, 0
+			p.prevRoundMinRTT, p.prevRoundBytes = p.roundMinRTT, p.roundBytes
+			p.roundMinRTT, p.roundRTTs, p.roundBytes = 0, 0, 0
 			if !appLimited {
 				if bw := p.btlBw(); bw >= p.fullBw*fullBwGrowth {
 					p.fullBw, p.fullBwCount = bw, 0
