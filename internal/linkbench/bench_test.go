@@ -243,12 +243,12 @@ func handshake(t *testing.T, p linksim.Profile, seed int64, plain bool, timeout,
 	if err != nil {
 		return 0, err
 	}
-	socks := newSockets(agentEnd)
-	d := &transport.Dialer{ListenPacket: socks.open, Plain: plain, Config: conf}
+	socks := linksim.NewSockets(agentEnd)
+	d := &transport.Dialer{ListenPacket: socks.Open, Plain: plain, Config: conf}
 	defer func() {
 		d.Wait()
 		ln.Shutdown()
-		socks.close()
+		socks.Close()
 	}()
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup

@@ -152,12 +152,12 @@ func Transfer(ctx context.Context, r Run) Result {
 		res.Err = err
 		return res
 	}
-	socks := newSockets(agentEnd)
-	dialer := &transport.Dialer{ListenPacket: socks.open, Plain: r.Method.Plain, NoPlayout: r.Method.NoPlayout, Config: conf()}
+	socks := linksim.NewSockets(agentEnd)
+	dialer := &transport.Dialer{ListenPacket: socks.Open, Plain: r.Method.Plain, NoPlayout: r.Method.NoPlayout, Config: conf()}
 	defer func() {
 		dialer.Wait()
 		ln.Shutdown()
-		socks.close()
+		socks.Close()
 	}()
 
 	hub := newReceiver(r.Objects)
@@ -183,7 +183,7 @@ func Transfer(ctx context.Context, r Run) Result {
 
 	a := &agent{dialer: dialer, addr: hubEnd.LocalAddr().String(), tls: clientTLS, objs: r.Objects}
 	if r.Method.Conns > 1 {
-		sock, _ := socks.open()
+		sock, _ := socks.Open()
 		tr := &quic.Transport{Conn: sock}
 		res.Err = a.striped(ctx, tr, hubEnd.LocalAddr(), conf(), r.Method.Conns)
 		sock.Close()
@@ -630,89 +630,3 @@ func (a *arrivals) ReadFrom(b []byte) (int, net.Addr, error) {
 	}
 	return n, addr, err
 }
-
-// sockets hands out successive sockets on the agent's end of a path, as
-// an agent opening a UDP socket per connection does: datagrams go to the
-// latest one still open.
-type sockets struct {
-	end net.PacketConn
-	mu  sync.Mutex
-	cur *socket
-	wg  sync.WaitGroup
-}
-
-func newSockets(end net.PacketConn) *sockets {
-	s := &sockets{end: end}
-	s.wg.Go(func() {
-		buf := make([]byte, 64<<10)
-		for {
-			n, addr, err := end.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			if c := s.cur; c != nil {
-				select {
-				case c.in <- datagram{data: append([]byte(nil), buf[:n]...), addr: addr}:
-				default:
-				}
-			}
-			s.mu.Unlock()
-		}
-	})
-	return s
-}
-
-func (s *sockets) open() (net.PacketConn, error) {
-	c := &socket{end: s.end, in: make(chan datagram, 4096), done: make(chan struct{})}
-	s.mu.Lock()
-	s.cur = c
-	s.mu.Unlock()
-	return c, nil
-}
-
-// close closes the end and waits for its reader.
-func (s *sockets) close() {
-	s.end.Close()
-	s.wg.Wait()
-}
-
-type datagram struct {
-	data []byte
-	addr net.Addr
-}
-
-// socket is one of the agent's sockets. It has no deadlines: the
-// transport closes it to stop its reader.
-type socket struct {
-	end  net.PacketConn
-	in   chan datagram
-	once sync.Once
-	done chan struct{}
-}
-
-func (c *socket) ReadFrom(b []byte) (int, net.Addr, error) {
-	select {
-	case d := <-c.in:
-		return copy(b, d.data), d.addr, nil
-	case <-c.done:
-		return 0, nil, net.ErrClosed
-	}
-}
-
-func (c *socket) WriteTo(b []byte, addr net.Addr) (int, error) {
-	select {
-	case <-c.done:
-		return 0, net.ErrClosed
-	default:
-	}
-	return c.end.WriteTo(b, addr)
-}
-
-func (c *socket) Close() error                     { c.once.Do(func() { close(c.done) }); return nil }
-func (c *socket) SetReadBuffer(int) error          { return nil }
-func (c *socket) SetWriteBuffer(int) error         { return nil }
-func (c *socket) LocalAddr() net.Addr              { return c.end.LocalAddr() }
-func (c *socket) SetDeadline(time.Time) error      { return nil }
-func (c *socket) SetReadDeadline(time.Time) error  { return nil }
-func (c *socket) SetWriteDeadline(time.Time) error { return nil }

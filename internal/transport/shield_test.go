@@ -39,88 +39,13 @@ func tlsPair(t *testing.T) (server, client *tls.Config) {
 	return server, client
 }
 
-// sockets hands out successive sockets on the agent's end of a path, as
-// an agent opening a UDP socket per connection does: datagrams go to the
-// latest one still open.
-type sockets struct {
-	end net.PacketConn
-	mu  sync.Mutex
-	cur *socket
-	wg  sync.WaitGroup
-}
-
-func newSockets(end net.PacketConn) *sockets {
-	s := &sockets{end: end}
-	s.wg.Go(func() {
-		buf := make([]byte, 64<<10)
-		for {
-			n, addr, err := end.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			s.mu.Lock()
-			if c := s.cur; c != nil {
-				select {
-				case c.in <- delivery{data: bytes.Clone(buf[:n]), addr: addr}:
-				default:
-				}
-			}
-			s.mu.Unlock()
-		}
-	})
-	return s
-}
-
-func (s *sockets) open() (net.PacketConn, error) {
-	c := &socket{end: s.end, in: make(chan delivery, 4096), done: make(chan struct{})}
-	s.mu.Lock()
-	s.cur = c
-	s.mu.Unlock()
-	return c, nil
-}
-
-// close closes the end and waits for the reader.
-func (s *sockets) close() {
-	s.end.Close()
-	s.wg.Wait()
-}
-
-type socket struct {
-	end  net.PacketConn
-	in   chan delivery
-	once sync.Once
-	done chan struct{}
-}
-
-func (c *socket) ReadFrom(b []byte) (int, net.Addr, error) {
-	select {
-	case d := <-c.in:
-		return copy(b, d.data), d.addr, nil
-	case <-c.done:
-		return 0, nil, net.ErrClosed
-	}
-}
-func (c *socket) WriteTo(b []byte, addr net.Addr) (int, error) {
-	select {
-	case <-c.done:
-		return 0, net.ErrClosed
-	default:
-	}
-	return c.end.WriteTo(b, addr)
-}
-func (c *socket) Close() error                     { c.once.Do(func() { close(c.done) }); return nil }
-func (c *socket) LocalAddr() net.Addr              { return c.end.LocalAddr() }
-func (c *socket) SetDeadline(time.Time) error      { return nil }
-func (c *socket) SetReadDeadline(time.Time) error  { return nil }
-func (c *socket) SetWriteDeadline(time.Time) error { return nil }
-
 // link is a simulated path with a shielded hub listening at its far end.
 type link struct {
 	path     *linksim.Path
 	hubAddr  string
 	ln       *Listener
 	dialer   *Dialer
-	sockets  *sockets
+	sockets  *linksim.Sockets
 	clientTL *tls.Config
 	serverTL *tls.Config
 }
@@ -134,13 +59,13 @@ func newLink(t *testing.T, p linksim.Profile, seed int64, lc ListenConfig) *link
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &link{path: path, hubAddr: hubEnd.LocalAddr().String(), ln: ln, sockets: newSockets(agentEnd),
+	l := &link{path: path, hubAddr: hubEnd.LocalAddr().String(), ln: ln, sockets: linksim.NewSockets(agentEnd),
 		clientTL: clientTLS, serverTL: serverTLS}
-	l.dialer = &Dialer{ListenPacket: l.sockets.open}
+	l.dialer = &Dialer{ListenPacket: l.sockets.Open}
 	t.Cleanup(func() {
 		l.dialer.Wait()
 		ln.Shutdown()
-		l.sockets.close()
+		l.sockets.Close()
 	})
 	return l
 }
@@ -742,13 +667,13 @@ func TestHubRestart(t *testing.T) {
 				}
 				path := linksim.NewPath(p, 7)
 				agentEnd, hubEnd := path.Endpoints()
-				agentSocks, hubSocks := newSockets(agentEnd), newSockets(hubEnd)
+				agentSocks, hubSocks := linksim.NewSockets(agentEnd), linksim.NewSockets(hubEnd)
 				lc := ListenConfig{}
 				if tt.reset {
 					lc.StatelessResetKey = ResetKey(hubKey)
 				}
 				listen := func() (*Listener, net.PacketConn) {
-					sock, _ := hubSocks.open()
+					sock, _ := hubSocks.Open()
 					ln, err := lc.Listen(sock, serverTLS)
 					if err != nil {
 						t.Fatal(err)
@@ -759,7 +684,7 @@ func TestHubRestart(t *testing.T) {
 				var wg sync.WaitGroup
 				first, firstSock := listen()
 				wg.Go(func() { serve(ctx, first, func([]byte) {}) })
-				dialer := &Dialer{ListenPacket: agentSocks.open}
+				dialer := &Dialer{ListenPacket: agentSocks.Open}
 				conn, err := dialer.Dial(ctx, hubEnd.LocalAddr().String(), clientTLS)
 				if err != nil {
 					t.Fatal(err)
@@ -804,8 +729,8 @@ func TestHubRestart(t *testing.T) {
 				dialer.Wait()
 				first.Shutdown()
 				second.Shutdown()
-				agentSocks.close()
-				hubSocks.close()
+				agentSocks.Close()
+				hubSocks.Close()
 			})
 		})
 	}
