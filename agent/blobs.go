@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"sync"
 
 	"github.com/hashicorp/go-memdb"
 
@@ -57,48 +58,78 @@ func (a *Agent) pendingBlobs() ([]protocol.BlobRef, error) {
 	return out, err
 }
 
-// sendBlobs offers pending attachments to the hub and sends those it needs,
-// resuming each from the offset the hub holds, as far as budget bytes allow
-// (negative: no limit). It returns the bytes sent.
-func (a *Agent) sendBlobs(w io.Writer, needs <-chan *protocol.BlobNeed, readErr <-chan error, progress Progress, budget int64) (int64, error) {
+// sendBlobs sends the attachments offered in offers that the hub needs,
+// each from the offset the hub holds, as far as budget bytes allow
+// (negative: no limit), and returns the bytes sent. The hub's answers come
+// on needs, one per offer, in order. With early set, an offer's attachments
+// go out from their start before its answer arrives (no upload was cut
+// off, so the hub holds no part of one); the answer then stops those the
+// hub holds already. An attachment the hub answers mid-upload (answered:
+// refused, or held) stops too.
+func (a *Agent) sendBlobs(w io.Writer, offers [][]protocol.BlobRef, early bool, needs <-chan *protocol.BlobNeed, readErr <-chan error, answered *sync.Map, progress Progress, budget int64) (int64, error) {
 	if budget == 0 {
 		return 0, nil
 	}
-	pending, err := a.pendingBlobs()
-	if err != nil || len(pending) == 0 {
-		return 0, err
-	}
 	var total, sent int64
-	for _, b := range pending {
-		total += b.Size
-	}
-	for batch := range slices.Chunk(pending, protocol.MaxBlobQuery) {
-		if err := protocol.WriteMessage(w, &protocol.BlobQuery{Blobs: batch}); err != nil {
-			return sent, fmt.Errorf("offer attachments: %w", err)
-		}
-		var need *protocol.BlobNeed
-		select {
-		case need = <-needs:
-		case err := <-readErr:
-			if err == nil {
-				err = errors.New("hub ended the session")
-			}
-			return sent, err
-		}
-		held := map[string]bool{}
+	for _, batch := range offers {
 		for _, b := range batch {
-			held[b.Hash] = true
-			total -= b.Size // counted back below if it is sent
+			total += b.Size
 		}
-		for _, want := range need.Blobs {
-			delete(held, want.Hash)
-			size := sizeOf(batch, want.Hash) - want.Offset
+	}
+	for _, batch := range offers {
+		var need *protocol.BlobNeed
+		wait := func() error {
+			select {
+			case need = <-needs:
+				return nil
+			case err := <-readErr:
+				if err == nil {
+					err = errors.New("hub ended the session")
+				}
+				return err
+			}
+		}
+		poll := func() {
+			if need == nil {
+				select {
+				case need = <-needs:
+				default:
+				}
+			}
+		}
+		if !early {
+			if err := wait(); err != nil {
+				return sent, err
+			}
+		}
+		for _, b := range batch {
+			poll()
+			want, ok := protocol.BlobWant{Hash: b.Hash}, true
+			if need != nil {
+				want, ok = wanted(need, b.Hash)
+			}
+			size := b.Size - want.Offset
+			if !ok {
+				total -= b.Size
+				continue
+			}
 			if budget >= 0 && sent+size > budget {
+				total -= b.Size
 				continue // waits for a sync with budget left
 			}
-			// What the hub holds of it already is not sent again.
-			total += size
-			n, err := a.sendBlob(w, want, func(done int64) {
+			total -= want.Offset // what the hub holds of it already is not sent again
+			stop := func() bool {
+				poll()
+				if _, done := answered.Load(b.Hash); done {
+					return true
+				}
+				if need == nil {
+					return false
+				}
+				_, still := wanted(need, b.Hash)
+				return !still
+			}
+			n, err := a.sendBlob(w, want, stop, func(done int64) {
 				if progress != nil {
 					progress(sent+done, total)
 				}
@@ -108,10 +139,22 @@ func (a *Agent) sendBlobs(w io.Writer, needs <-chan *protocol.BlobNeed, readErr 
 				return sent, fmt.Errorf("send attachment %s: %w", want.Hash, err)
 			}
 		}
+		if need == nil {
+			if err := wait(); err != nil {
+				return sent, err
+			}
+		}
+		// What the hub neither wants nor refuses, it holds already.
+		held := map[string]bool{}
+		for _, b := range batch {
+			held[b.Hash] = true
+		}
+		for _, w := range need.Blobs {
+			delete(held, w.Hash)
+		}
 		for _, r := range need.Refused {
 			delete(held, r.Hash)
 		}
-		// What the hub neither wants nor refuses, it holds already.
 		for h := range held {
 			if err := a.blobDelivered(&protocol.BlobAck{Hash: h, State: protocol.AckDuplicate}); err != nil {
 				return sent, err
@@ -121,8 +164,20 @@ func (a *Agent) sendBlobs(w io.Writer, needs <-chan *protocol.BlobNeed, readErr 
 	return sent, nil
 }
 
-// sendBlob streams one attachment from want.Offset in chunks.
-func (a *Agent) sendBlob(w io.Writer, want protocol.BlobWant, progress func(int64)) (int64, error) {
+// wanted says whether the hub's answer asks for the attachment hash, and
+// from where.
+func wanted(need *protocol.BlobNeed, hash string) (protocol.BlobWant, bool) {
+	for _, w := range need.Blobs {
+		if w.Hash == hash {
+			return w, true
+		}
+	}
+	return protocol.BlobWant{}, false
+}
+
+// sendBlob streams one attachment from want.Offset in chunks, until its end
+// or until stop says the hub does not want the rest.
+func (a *Agent) sendBlob(w io.Writer, want protocol.BlobWant, stop func() bool, progress func(int64)) (int64, error) {
 	f, err := a.attachments.Open(want.Hash)
 	if err != nil {
 		return 0, err
@@ -142,6 +197,9 @@ func (a *Agent) sendBlob(w io.Writer, want protocol.BlobWant, progress func(int6
 	buf := make([]byte, ChunkSize)
 	var sent int64
 	for off := want.Offset; ; {
+		if stop() {
+			return sent, nil
+		}
 		n, err := io.ReadFull(f, buf)
 		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 			return sent, err
@@ -169,13 +227,4 @@ func (a *Agent) blobDelivered(ack *protocol.BlobAck) error {
 	return a.led.Write(func(tx *ledger.Txn) error {
 		return tx.Put(ledger.TableMeta, &ledger.Meta{Key: blobMetaPrefix + ack.Hash, Value: ack.State})
 	})
-}
-
-func sizeOf(refs []protocol.BlobRef, hash string) int64 {
-	for _, r := range refs {
-		if r.Hash == hash {
-			return r.Size
-		}
-	}
-	return 0
 }

@@ -12,6 +12,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -144,44 +145,38 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 	if err := protocol.WriteMessage(stream, hello); err != nil {
 		return res, fmt.Errorf("send hello: %w", err)
 	}
-	msg, err := protocol.ReadMessage(r)
-	if err != nil {
-		return res, fmt.Errorf("read hub answer: %w", err)
-	}
-	ok, isOK := msg.(*protocol.HelloOK)
-	if !isOK {
-		return res, hubError(msg)
-	}
-	if err := a.forgetEnrolSecret(); err != nil {
-		return res, err
-	}
-	if ok.HubHWM > 0 {
-		if err := a.markAcked(ok.HubHWM, "", ""); err != nil {
+	// The attachments the hub may lack are offered right behind the
+	// hello, so that its answer comes back beside the HelloOK instead of a
+	// round trip after the bundles.
+	var offers [][]protocol.BlobRef
+	if !opts.RecordsOnly {
+		pending, err := a.pendingBlobs()
+		if err != nil {
 			return res, err
 		}
-		a.removeOutbox(ok.HubHWM)
+		offers = slices.Collect(slices.Chunk(pending, protocol.MaxBlobQuery))
+	}
+	for _, batch := range offers {
+		if err := protocol.WriteMessage(stream, &protocol.BlobQuery{Blobs: batch}); err != nil {
+			return res, fmt.Errorf("offer attachments: %w", err)
+		}
 	}
 
-	bundles, err := a.unacked()
-	if err != nil {
-		return res, err
-	}
-	var total int64
-	for _, b := range bundles {
-		total += b.Size
-	}
-	// Acknowledgements arrive while later bundles are still going out; a
-	// reader goroutine takes them so the link never idles waiting for one.
+	// A reader goroutine takes the hub's answers (the HelloOK, then
+	// acknowledgements while later bundles still go out, attachment
+	// answers, hub bundles) so the link never idles waiting for one.
+	helloOK := make(chan *protocol.HelloOK, 1)
 	acks := make(chan error, 1)
-	needs := make(chan *protocol.BlobNeed, 1)
+	needs := make(chan *protocol.BlobNeed, len(offers))
+	var answered sync.Map // attachments the hub has answered mid-upload (refused, held), by hash
 	var wg sync.WaitGroup
-	// If the reader stops first (the hub refused a bundle, or sent
-	// something the agent cannot take), the upload must stop with it rather
-	// than spend the link on bytes the hub will not keep: the reader closes
-	// the connection, and its error is the one the user sees.
+	// If the reader stops first (the hub refused the session or a bundle,
+	// or sent something the agent cannot take), the upload must stop with
+	// it rather than spend the link on bytes the hub will not keep: the
+	// reader closes the connection, and its error is the one the user sees.
 	var readerFailed atomic.Pointer[error]
 	wg.Go(func() {
-		err := a.readAcks(r, stream, needs, &res)
+		err := a.readAcks(r, helloOK, needs, &answered, &res)
 		if err != nil {
 			readerFailed.CompareAndSwap(nil, &err)
 			conn.CloseWithError(0, "")
@@ -195,12 +190,67 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 		wg.Wait()
 		return res, *readerFailed.Load()
 	}
+
+	// The bundles and attachments go out at once, before the HelloOK and
+	// the BlobNeed say where the hub stands, unless an upload was cut off
+	// since the last sync that ended well: the hub may then hold part of
+	// one, and its answers say from where to resume. Sent at once, they
+	// save the session a round trip; what the hub turns out to hold
+	// already (carried by hand, or the same scan from another site) stops
+	// when its answer arrives, having cost at most a round trip of the
+	// link.
+	bundles, err := a.unacked()
+	if err != nil {
+		return abort(err)
+	}
+	cutOff, err := a.uploadCutOff()
+	if err != nil {
+		return abort(err)
+	}
+	var ok *protocol.HelloOK
+	waitHello := func() error {
+		select {
+		case ok = <-helloOK:
+			return nil
+		case err := <-acks:
+			acks <- err // for the caller below
+			if err == nil {
+				err = errors.New("hub ended the session before accepting it")
+			}
+			return err
+		}
+	}
+	if len(bundles) > 0 && cutOff {
+		if err := waitHello(); err != nil {
+			return abort(err)
+		}
+	}
+	if len(bundles) > 0 || len(offers) > 0 {
+		if err := a.setUploadCutOff(true); err != nil {
+			return abort(err)
+		}
+	}
+	var total int64
+	for _, b := range bundles {
+		total += b.Size
+	}
 	var sent int64
 	for _, b := range bundles {
+		if ok == nil {
+			select {
+			case ok = <-helloOK:
+			default:
+			}
+		}
 		offset := int64(0)
-		if ok.Partial.Seq == b.Seq && ok.Partial.Offset <= uint64(b.Size) {
-			offset = int64(ok.Partial.Offset)
-			res.Resumed += offset
+		if ok != nil {
+			if b.Seq <= ok.HubHWM {
+				continue
+			}
+			if ok.Partial.Seq == b.Seq && ok.Partial.Offset <= uint64(b.Size) {
+				offset = int64(ok.Partial.Offset)
+				res.Resumed += offset
+			}
 		}
 		if opts.Budget > 0 && b.Size-offset > left-sent {
 			res.Deferred = fmt.Sprintf("bundle %d (%d bytes) does not fit in what is left of today's link budget", b.Seq, b.Size-offset)
@@ -218,6 +268,12 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 		}
 		res.BundlesSent++
 	}
+	if ok == nil {
+		if err := waitHello(); err != nil {
+			return abort(err)
+		}
+	}
+	a.removeOutbox(ok.HubHWM)
 	// Attachments after records: the records reach the hub first.
 	blobBudget := int64(-1)
 	if opts.Budget > 0 {
@@ -229,7 +285,7 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 			res.Deferred = fmt.Sprintf("%d attachment(s): records only", len(pending))
 		}
 	}
-	n, err := a.sendBlobs(stream, needs, acks, a.track("attachments", opts.Progress), blobBudget)
+	n, err := a.sendBlobs(stream, offers, !cutOff, needs, acks, &answered, a.track("attachments", opts.Progress), blobBudget)
 	res.BytesSent += n
 	if err != nil {
 		return abort(err)
@@ -243,7 +299,38 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 		return res, err
 	}
 	stream.Close()
-	return res, nil
+	// Every bundle sent is acknowledged: nothing of it is left in part.
+	return res, a.setUploadCutOff(false)
+}
+
+// metaUploadOpen is set in the meta table while an upload runs, and cleared
+// when its session ends well: set at the start of a sync, an upload was cut
+// off and the hub may hold part of a bundle.
+const metaUploadOpen = "upload_open"
+
+// uploadCutOff reports whether an upload was cut off since the last sync
+// that ended well.
+func (a *Agent) uploadCutOff() (bool, error) {
+	var open bool
+	err := a.led.Read(func(txn *memdb.Txn) error {
+		obj, err := txn.First(ledger.TableMeta, ledger.IndexID, metaUploadOpen)
+		open = obj != nil && obj.(*ledger.Meta).Value != ""
+		return err
+	})
+	return open, err
+}
+
+func (a *Agent) setUploadCutOff(open bool) error {
+	if was, err := a.uploadCutOff(); err != nil || was == open {
+		return err
+	}
+	v := ""
+	if open {
+		v = "1"
+	}
+	return a.led.Write(func(tx *ledger.Txn) error {
+		return tx.Put(ledger.TableMeta, &ledger.Meta{Key: metaUploadOpen, Value: v})
+	})
 }
 
 func (a *Agent) hello() (*protocol.Hello, error) {
@@ -263,10 +350,33 @@ func (a *Agent) hello() (*protocol.Hello, error) {
 		if last != nil {
 			h.BundleHWM = last.Seq
 		}
-		h.OldestUnsynced, err = a.oldestUnsynced(txn)
+		if h.OldestUnsynced, err = a.oldestUnsynced(txn); err != nil {
+			return err
+		}
+		h.PledgeHWM, h.FeedbackHWM, err = a.downHWMs(txn)
 		return err
 	})
 	return h, err
+}
+
+// downHWMs returns the highest pledge change and feedback seq the agent
+// holds from hub bundles: where the hub's next bundle for it starts.
+func (a *Agent) downHWMs(txn *memdb.Txn) (pledge, feedback uint64, err error) {
+	p, err := txn.Last(ledger.TablePledges, ledger.IndexSeq)
+	if err != nil {
+		return 0, 0, err
+	}
+	if p != nil {
+		pledge = p.(*protocol.Pledge).Seq
+	}
+	it, err := txn.ReverseLowerBound(ledger.TableFeedback, ledger.IndexID, a.id.AgentID, uint64(math.MaxUint64))
+	if err != nil {
+		return 0, 0, err
+	}
+	if f, ok := it.Next().(*ledger.Feedback); ok && f.Agent == a.id.AgentID {
+		feedback = f.Seq
+	}
+	return pledge, feedback, nil
 }
 
 // sendBundle streams one bundle from offset in chunks; it returns the bytes
@@ -304,9 +414,31 @@ func (a *Agent) sendBundle(w io.Writer, b *ledger.Bundle, offset int64, progress
 	}
 }
 
-// readAcks reads the hub's answers: one Ack per bundle, then what the hub
-// sends down, then its Bye.
-func (a *Agent) readAcks(r *bufio.Reader, w io.Writer, needs chan<- *protocol.BlobNeed, res *SyncResult) error {
+// readAcks reads the hub's answers: the HelloOK (handed to the sender on
+// helloOK) or a refusal, then an Ack per bundle, a BlobNeed per BlobQuery, a
+// BlobAck per attachment, the hub bundles, and Bye. Attachments the hub
+// answers before their last chunk (refused, or held already) go into
+// answered, so that the sender stops sending them.
+func (a *Agent) readAcks(r *bufio.Reader, helloOK chan<- *protocol.HelloOK, needs chan<- *protocol.BlobNeed, answered *sync.Map, res *SyncResult) error {
+	msg, err := protocol.ReadMessage(r)
+	if err != nil {
+		return fmt.Errorf("read hub answer: %w", err)
+	}
+	ok, isOK := msg.(*protocol.HelloOK)
+	if !isOK {
+		return hubError(msg)
+	}
+	if err := a.forgetEnrolSecret(); err != nil {
+		return err
+	}
+	if ok.HubHWM > 0 {
+		// The sender removes their outbox files, once it no longer reads
+		// them.
+		if err := a.markAcked(ok.HubHWM, "", ""); err != nil {
+			return err
+		}
+	}
+	helloOK <- ok
 	for {
 		msg, err := protocol.ReadMessage(r)
 		if err != nil {
@@ -329,6 +461,8 @@ func (a *Agent) readAcks(r *bufio.Reader, w io.Writer, needs chan<- *protocol.Bl
 			}
 			a.removeOutbox(m.Seq)
 		case *protocol.DownBundle:
+			// Applied durably; the next hello says what arrived, so there
+			// is nothing to acknowledge here.
 			b, err := a.openDown(bytes.NewReader(m.Data))
 			if err != nil {
 				return fmt.Errorf("bundle from hub: %w", err)
@@ -337,22 +471,20 @@ func (a *Agent) readAcks(r *bufio.Reader, w io.Writer, needs chan<- *protocol.Bl
 				return err
 			}
 			res.DownApplied++
-			if err := protocol.WriteMessage(w, &protocol.DownAck{Seq: m.Seq}); err != nil {
-				return err
-			}
 		case *protocol.BlobNeed:
 			for _, ref := range m.Refused {
 				a.log.Warn("hub refused an attachment", "sha256", ref.Hash, "reason", ref.Reason)
 			}
-			// The agent waits for each answer before it asks again, so
-			// the buffer is free unless the hub answers what it was not
-			// asked; blocking here would hang the sync.
+			// One answer per query, and the buffer holds as many as were
+			// sent; blocking here on an answer nobody asked for would hang
+			// the sync.
 			select {
 			case needs <- m:
 			default:
 				return errors.New("hub sent an attachment answer nobody asked for")
 			}
 		case *protocol.BlobAck:
+			answered.Store(m.Hash, true)
 			if err := a.blobDelivered(m); err != nil {
 				return err
 			}

@@ -212,7 +212,7 @@ const ReplyPrefix = "hub-to-"
 // ExportDown writes a bundle for one agent to carry by hand: all its site's
 // pledges, the feedback on what it sent, and the acknowledgement point.
 func (h *Hub) ExportDown(agentID, path string) error {
-	data, _, err := h.downBundle(agentID, true)
+	data, _, err := h.downBundle(agentID, down{}, true)
 	if err != nil {
 		return err
 	}

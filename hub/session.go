@@ -2,8 +2,6 @@ package hub
 
 import (
 	"bufio"
-	"bytes"
-	"cmp"
 	"context"
 	"crypto/ed25519"
 	"crypto/sha256"
@@ -12,8 +10,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
-	"slices"
 	"time"
 
 	"filippo.io/age"
@@ -177,10 +173,20 @@ func (h *Hub) session(ctx context.Context, conn *quic.Conn, stream *quic.Stream)
 		}
 	}
 
-	if err := h.sendDown(ctx, r, stream, a.ID); err != nil {
+	// What the agent lacks goes down, and Bye right behind it: nothing
+	// waits for an acknowledgement, since the agent's next hello says what
+	// it holds. Sent while the upload still ran, the hub bundle's
+	// acknowledgements would queue behind the upload's data, and quic-go
+	// would send it again before they came back.
+	down := &downlink{h: h, agent: a.ID, w: stream,
+		from: down{seq: a.DownSeq, pledgeHWM: a.PledgeHWM, feedbackHWM: a.FeedbackHWM}}
+	if err := down.send(); err != nil {
 		return err
 	}
-	return protocol.WriteMessage(stream, &protocol.Bye{})
+	if err := protocol.WriteMessage(stream, &protocol.Bye{}); err != nil {
+		return err
+	}
+	return down.close()
 }
 
 // authenticate matches the peer's key and hello to an enrolled agent, or
@@ -216,132 +222,13 @@ func (h *Hub) authenticate(hello *protocol.Hello, peer ed25519.PublicKey) (*ledg
 		}
 		a.LastSeen = now
 		a.OldestUnsynced = hello.OldestUnsynced
+		// What the agent holds is what it says: a hub bundle that did not
+		// reach it is sent again, whatever the hub sent before.
+		a.PledgeHWM, a.FeedbackHWM = hello.PledgeHWM, hello.FeedbackHWM
 		out = &a
 		return tx.Put(ledger.TableAgents, &a)
 	})
 	return out, err
-}
-
-// sendDown sends what the agent has not yet acknowledged: its site's pledges,
-// feedback on what it sent, and the acknowledgement point, as one bundle
-// signed by the hub and encrypted to the agent.
-func (h *Hub) sendDown(ctx context.Context, r *bufio.Reader, w io.Writer, agentID string) error {
-	for ctx.Err() == nil {
-		data, d, err := h.downBundle(agentID, false)
-		if err != nil || data == nil {
-			return err
-		}
-		if err := protocol.WriteMessage(w, &protocol.DownBundle{Seq: d.seq, Data: data}); err != nil {
-			return err
-		}
-		msg, err := protocol.ReadMessage(r)
-		if err != nil {
-			return fmt.Errorf("read down ack: %w", err)
-		}
-		ack, ok := msg.(*protocol.DownAck)
-		if !ok || ack.Seq != d.seq {
-			return &sessionError{protocol.CodeMalformed, fmt.Sprintf("expected down ack %d, got %T", d.seq, msg)}
-		}
-		err = h.led.Write(func(tx *ledger.Txn) error {
-			obj, err := tx.First(ledger.TableAgents, ledger.IndexID, agentID)
-			if err != nil || obj == nil {
-				return err
-			}
-			a := *obj.(*ledger.Agent)
-			a.PledgeHWM, a.FeedbackHWM, a.DownSeq = max(a.PledgeHWM, d.pledgeHWM), max(a.FeedbackHWM, d.feedbackHWM), d.seq
-			return tx.Put(ledger.TableAgents, &a)
-		})
-		if err != nil {
-			return err
-		}
-	}
-	return ctx.Err()
-}
-
-// MaxDownItems caps the pledges and feedback in one bundle sent down, well
-// inside protocol.MaxDownBundleSize; a backlog goes down in several.
-const MaxDownItems = 2000
-
-// down is what a bundle for an agent covers.
-type down struct {
-	seq, pledgeHWM, feedbackHWM uint64
-}
-
-// downBundle seals what agentID has not acknowledged. With all set it
-// includes everything, for a bundle carried by hand. It returns nil data when
-// there is nothing to send.
-func (h *Hub) downBundle(agentID string, all bool) ([]byte, down, error) {
-	var d down
-	var items []protocol.DownItem
-	var a *ledger.Agent
-	err := h.led.Read(func(txn *memdb.Txn) error {
-		obj, err := txn.First(ledger.TableAgents, ledger.IndexID, agentID)
-		if err != nil || obj == nil {
-			return fmt.Errorf("agent %q is not enrolled (it must sync once, or be enrolled by hand)", agentID)
-		}
-		a = obj.(*ledger.Agent)
-		pledgeFrom, fbFrom := a.PledgeHWM, a.FeedbackHWM
-		if all {
-			pledgeFrom, fbFrom = 0, 0
-		}
-		d.pledgeHWM, d.feedbackHWM = a.PledgeHWM, a.FeedbackHWM
-		// Limit what one bundle carries, in change order, so that the
-		// high-water marks cover exactly what was sent; the rest follows in
-		// the next bundle.
-		room := MaxDownItems
-		if all {
-			room = protocol.MaxItems - 1
-		}
-		it, err := txn.Get(ledger.TablePledges, ledger.IndexSite, a.Site)
-		if err != nil {
-			return err
-		}
-		var changed []*protocol.Pledge
-		for obj := it.Next(); obj != nil; obj = it.Next() {
-			if p := obj.(*protocol.Pledge); p.Seq > pledgeFrom {
-				changed = append(changed, p)
-			}
-		}
-		slices.SortFunc(changed, func(x, y *protocol.Pledge) int { return cmp.Compare(x.Seq, y.Seq) })
-		for _, p := range changed[:min(len(changed), room)] {
-			items = append(items, protocol.DownItem{Pledge: p})
-			d.pledgeHWM = max(d.pledgeHWM, p.Seq)
-		}
-		fit, err := txn.LowerBound(ledger.TableFeedback, ledger.IndexID, agentID, fbFrom+1)
-		if err != nil {
-			return err
-		}
-		for obj := fit.Next(); obj != nil && len(items) < room; obj = fit.Next() {
-			f := obj.(*ledger.Feedback)
-			if f.Agent != agentID {
-				break
-			}
-			items = append(items, protocol.DownItem{Feedback: &protocol.Feedback{Seq: f.Seq, Record: f.Record,
-				Bundle: f.Bundle, State: f.State, Reason: f.Reason, At: f.At}})
-			d.feedbackHWM = max(d.feedbackHWM, f.Seq)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, d, err
-	}
-	if a.BundleHWM > 0 {
-		items = append(items, protocol.DownItem{Acked: a.BundleHWM})
-	}
-	if len(items) == 0 || (!all && len(items) == 1 && a.BundleHWM > 0 && d.pledgeHWM == a.PledgeHWM && d.feedbackHWM == a.FeedbackHWM) {
-		return nil, d, nil // the hello already told the agent its acknowledgement point
-	}
-	recipient, err := parseRecipient(a.Recipient)
-	if err != nil {
-		return nil, d, fmt.Errorf("agent %s recipient: %w", agentID, err)
-	}
-	d.seq = a.DownSeq + 1
-	m := protocol.Manifest{Kind: protocol.KindHub, From: "hub", To: agentID, Site: a.Site, Seq: d.seq, Created: h.now().UTC().Truncate(time.Second)}
-	var buf bytes.Buffer
-	if _, err := protocol.SealBundle(&buf, m, items, h.key, recipient); err != nil {
-		return nil, d, fmt.Errorf("seal bundle for %s: %w", agentID, err)
-	}
-	return buf.Bytes(), d, nil
 }
 
 func parseRecipient(s string) (age.Recipient, error) {

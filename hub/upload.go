@@ -28,8 +28,15 @@ type upload struct {
 	partKey string
 
 	// wanted holds the attachments the agent's records name, by hash, with
-	// their sizes: the only attachments the hub takes from this agent.
+	// their sizes: the only attachments the hub takes from this agent. It
+	// is read again when a chunk names one it lacks after a bundle was
+	// applied (stale).
 	wanted map[string]int64
+	stale  bool
+	// answered are attachments refused, or found held already, before
+	// their last chunk: their further chunks, already on their way, are
+	// dropped.
+	answered map[string]bool
 }
 
 func (u *upload) close() {
@@ -77,24 +84,44 @@ func (u *upload) chunk(c *protocol.Chunk) error {
 	// The partial file is done with whatever the outcome: an applied
 	// bundle is archived, a refused one must be sent anew.
 	os.Remove(path)
+	u.stale = true
 	return protocol.WriteMessage(u.w, &protocol.Ack{Seq: c.Seq, State: res.State, Reason: res.Reason})
 }
 
+// named returns the size with which a record of the agent names the
+// attachment sum, reading the records again if bundles were applied since
+// it last did.
+func (u *upload) named(sum string) (int64, bool, error) {
+	if size, ok := u.wanted[sum]; ok {
+		return size, true, nil
+	}
+	if u.wanted != nil && !u.stale {
+		return 0, false, nil
+	}
+	w, err := u.h.attachmentsOf(u.agent.ID)
+	if err != nil {
+		return 0, false, err
+	}
+	u.wanted, u.stale = w, false
+	size, ok := w[sum]
+	return size, ok, nil
+}
+
 // blobQuery answers which offered attachments the hub needs, and from where.
+// The agent asks before it sends the bundles whose records name them, so an
+// attachment no applied record names yet is wanted too; its chunks are
+// taken only once such a record is applied (blobChunk).
 func (u *upload) blobQuery(q *protocol.BlobQuery) error {
-	if u.wanted == nil {
-		w, err := u.h.attachmentsOf(u.agent.ID)
+	need := &protocol.BlobNeed{Blobs: []protocol.BlobWant{}}
+	for _, b := range q.Blobs {
+		size, ok, err := u.named(b.Hash)
 		if err != nil {
 			return err
 		}
-		u.wanted = w
-	}
-	need := &protocol.BlobNeed{Blobs: []protocol.BlobWant{}}
-	for _, b := range q.Blobs {
-		switch size, ok := u.wanted[b.Hash]; {
-		case !ok || size != b.Size:
+		switch {
+		case ok && size != b.Size:
 			need.Refused = append(need.Refused, protocol.BlobAck{Hash: b.Hash, State: protocol.AckRefused,
-				Reason: "no record of this agent names this attachment with this size"})
+				Reason: fmt.Sprintf("the agent's records name this attachment with %d bytes, not %d", size, b.Size)})
 		case u.h.blobs.Has(b.Hash):
 			// Held already (perhaps from another agent that sent it at the
 			// same time): not listed, so the agent counts it as delivered,
@@ -116,11 +143,32 @@ func (u *upload) blobQuery(q *protocol.BlobQuery) error {
 func blobPartKey(agentID, sum string) string { return "blob-" + agentID + "-" + sum }
 
 // blobChunk takes part of an attachment; the last chunk verifies the content
-// against its hash, stores it, and acknowledges it.
+// against its hash, stores it, and acknowledges it. An attachment that no
+// applied record of the agent names with that size is refused at its first
+// chunk, one the hub holds already is acknowledged as a duplicate, and the
+// further chunks of either are dropped: the agent sent them before the
+// answer reached it.
 func (u *upload) blobChunk(c *protocol.BlobChunk) error {
 	sum := c.HashHex()
-	if size, ok := u.wanted[sum]; !ok || uint64(size) != c.Total {
-		return &sessionError{protocol.CodeMalformed, fmt.Sprintf("attachment %s was not asked for", sum)}
+	if u.answered[sum] {
+		return nil
+	}
+	answer := func(state, reason string) error {
+		if u.answered == nil {
+			u.answered = map[string]bool{}
+		}
+		u.answered[sum] = true
+		return protocol.WriteMessage(u.w, &protocol.BlobAck{Hash: sum, State: state, Reason: reason})
+	}
+	if size, ok, err := u.named(sum); err != nil {
+		return err
+	} else if !ok || uint64(size) != c.Total {
+		return answer(protocol.AckRefused, "no applied record of this agent names this attachment with this size; it is offered again once one is")
+	}
+	if u.h.blobs.Has(sum) {
+		// Sent before the hub's answer to the offer said it holds it.
+		u.h.removePartial(blobPartKey(u.agent.ID, sum))
+		return answer(protocol.AckDuplicate, "")
 	}
 	f, err := u.partial(blobPartKey(u.agent.ID, sum))
 	if err != nil {

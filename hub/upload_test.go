@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -138,5 +139,72 @@ func TestOpenRemovesSharedBlobParts(t *testing.T) {
 		if _, err := os.Stat(p); err != nil {
 			t.Errorf("%s: %v", filepath.Base(p), err)
 		}
+	}
+}
+
+// TestBlobChunksAnsweredEarly: an attachment sent before the hub's answer
+// to the offer reached the agent is answered at its first chunk when the
+// hub will not take it (no record names it) or holds it already (from
+// another agent), and its further chunks, already on their way, are
+// dropped without ending the session; one the hub needs is stored.
+func TestBlobChunksAnsweredEarly(t *testing.T) {
+	th := newTestHub(t)
+	a := th.site("S-A", "Plant A", "Kyiv", "energy")
+	held := []byte("a waybill scan the hub holds from another site")
+	if _, err := th.blobs.Put("waybill.pdf", bytes.NewReader(held)); err != nil {
+		t.Fatal(err)
+	}
+	fresh := bytes.Repeat([]byte("new scan "), 100)
+	hash := func(b []byte) [32]byte { return sha256.Sum256(b) }
+	hexOf := func(b []byte) string { h := hash(b); return hex.EncodeToString(h[:]) }
+
+	tests := []struct {
+		name    string
+		content []byte
+		named   bool
+		want    []string // BlobAck states, in order
+		stored  bool
+	}{
+		{"named nowhere", fresh, false, []string{protocol.AckRefused}, false},
+		{"held already", held, true, []string{protocol.AckDuplicate}, true},
+		{"needed", fresh, true, []string{protocol.AckApplied}, true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := new(bytes.Buffer)
+			wanted := map[string]int64{}
+			if tt.named {
+				wanted[hexOf(tt.content)] = int64(len(tt.content))
+			}
+			up := &upload{h: th.Hub, agent: &ledger.Agent{ID: a.id}, w: out, wanted: wanted}
+			t.Cleanup(up.close)
+			half := len(tt.content) / 2
+			for _, c := range []*protocol.BlobChunk{
+				{Hash: hash(tt.content), Total: uint64(len(tt.content)), Data: tt.content[:half]},
+				{Hash: hash(tt.content), Offset: uint64(half), Total: uint64(len(tt.content)), Final: true, Data: tt.content[half:]},
+			} {
+				if err := up.blobChunk(c); err != nil {
+					t.Fatalf("chunk at %d: %v", c.Offset, err)
+				}
+			}
+			var got []string
+			for out.Len() > 0 {
+				m, err := protocol.ReadMessage(out)
+				if err != nil {
+					t.Fatal(err)
+				}
+				ack, ok := m.(*protocol.BlobAck)
+				if !ok || ack.Hash != hexOf(tt.content) {
+					t.Fatalf("hub answered %+v", m)
+				}
+				got = append(got, ack.State)
+			}
+			if !slices.Equal(got, tt.want) {
+				t.Errorf("answers %v, want %v", got, tt.want)
+			}
+			if th.blobs.Has(hexOf(tt.content)) != tt.stored {
+				t.Errorf("stored: %v, want %v", !tt.stored, tt.stored)
+			}
+		})
 	}
 }

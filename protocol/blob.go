@@ -6,11 +6,15 @@ import (
 
 // Attachments (scans, photos) travel apart from bundles, after the records
 // that name them, in their own messages: the agent offers the attachments
-// the hub may lack (BlobQuery), the hub answers with those it needs and how
-// much of each it already holds (BlobNeed), the agent sends the rest in
-// chunks (BlobChunk), and the hub acknowledges each once it has verified the
-// content against its SHA-256 and made it durable (BlobAck). The hash is
-// authenticated by the signed record that names the attachment.
+// the hub may lack (BlobQuery) right behind its Hello, the hub answers with
+// those it needs and how much of each it already holds (BlobNeed) right
+// behind its HelloOK, so the answer costs no round trip of its own; the
+// agent sends its bundles, then the attachments in chunks (BlobChunk), and
+// the hub acknowledges each once it has verified the content against its
+// SHA-256 and made it durable (BlobAck). The hash is authenticated by the
+// signed record that names the attachment: the hub takes an attachment's
+// chunks only once such a record is applied, and refuses (BlobAck) one that
+// no record names.
 
 // AttachmentFileInfix names an attachment carried by hand:
 // AGENT-att-SHA256.age, the attachment's bytes encrypted to the hub with
@@ -43,7 +47,8 @@ type BlobWant struct {
 }
 
 // BlobNeed answers a BlobQuery: the attachments to send; those not listed
-// the hub has, or will not take (see Refused).
+// the hub has, or will not take (see Refused: an attachment a record names
+// with another size).
 type BlobNeed struct {
 	Blobs   []BlobWant `json:"blobs"`
 	Refused []BlobAck  `json:"refused,omitempty"`

@@ -45,13 +45,16 @@
 // payload, JSON for control messages and binary for bundle bytes.
 //
 //	agent                                      hub
-//	Hello{version, agent, site, hwm, …}   →
+//	Hello{version, agent, site, hwms, …}  →
+//	BlobQuery{attachments it may lack}    →
 //	                                      ←    HelloOK{hub_hwm_for_agent, partial} | Error
+//	                                      ←    BlobNeed{which, from which offset}
 //	Chunk{seq, offset, total, final, data} …   (resuming at partial.offset)
 //	                                      ←    Ack{seq, state}   (once durable)
+//	BlobChunk{sha256, offset, …} …
+//	                                      ←    BlobAck{sha256, state}
 //	Done                                  →
-//	                                      ←    DownBundle{seq, data}
-//	DownAck{seq}                          →    (once durable)
+//	                                      ←    DownBundle{seq, data} …
 //	                                      ←    Bye
 //
 // [ReadMessage] and [WriteMessage] enforce each type's limit and format;

@@ -33,7 +33,7 @@ const (
 	// splits what it sends down into bundles under it.
 	MaxDownBundleSize = 8 << 20
 	// MaxControlSize bounds the payload of a JSON message (Hello, HelloOK,
-	// Ack, DownAck, Error).
+	// Ack, Error).
 	MaxControlSize = 64 << 10
 	// MaxErrorMessageLen bounds an Error's Message; WriteMessage shortens
 	// longer ones.
@@ -51,7 +51,8 @@ const (
 // MessageType is the first byte of a frame.
 type MessageType byte
 
-// The message types, in the order a session uses them.
+// The message types, in the order a session uses them. 0x07 (DownAck in
+// earlier drafts) is retired: the agent's hello says what it holds.
 const (
 	MsgHello      MessageType = 0x01 // agent → hub: who I am, what I have
 	MsgHelloOK    MessageType = 0x02 // hub → agent: accepted, what I have
@@ -59,7 +60,6 @@ const (
 	MsgDone       MessageType = 0x04 // agent → hub: no more bundles
 	MsgAck        MessageType = 0x05 // hub → agent: a bundle is durably handled
 	MsgDownBundle MessageType = 0x06 // hub → agent: a hub bundle
-	MsgDownAck    MessageType = 0x07 // agent → hub: a hub bundle is durably applied
 	MsgError      MessageType = 0x08 // either way: refusal; the sender closes the stream
 	MsgBye        MessageType = 0x09 // hub → agent: session over
 	MsgBlobQuery  MessageType = 0x0a // agent → hub: attachments the hub may lack
@@ -70,7 +70,7 @@ const (
 
 var msgNames = map[MessageType]string{
 	MsgHello: "hello", MsgHelloOK: "hello-ok", MsgChunk: "chunk", MsgDone: "done", MsgAck: "ack",
-	MsgDownBundle: "down-bundle", MsgDownAck: "down-ack", MsgError: "error", MsgBye: "bye",
+	MsgDownBundle: "down-bundle", MsgError: "error", MsgBye: "bye",
 	MsgBlobQuery: "blob-query", MsgBlobNeed: "blob-need", MsgBlobChunk: "blob-chunk", MsgBlobAck: "blob-ack",
 }
 
@@ -129,7 +129,8 @@ const (
 )
 
 // Message is one wire message: *Hello, *HelloOK, *Chunk, *Done, *Ack,
-// *DownBundle, *DownAck, *Error or *Bye.
+// *DownBundle, *Error, *Bye, *BlobQuery, *BlobNeed, *BlobChunk or
+// *BlobAck.
 type Message interface {
 	Type() MessageType
 }
@@ -141,8 +142,11 @@ type Hello struct {
 	Site    string `json:"site"`
 	// BundleHWM is the highest bundle seq the agent has sealed.
 	BundleHWM uint64 `json:"bundle_hwm"`
-	// DownHWM is the highest hub bundle seq the agent has applied.
-	DownHWM uint64 `json:"down_hwm"`
+	// PledgeHWM and FeedbackHWM are the highest pledge change and
+	// feedback seq the agent holds from hub bundles: the hub sends what
+	// is after them, so a hub bundle lost on the way is sent again.
+	PledgeHWM   uint64 `json:"pledge_hwm"`
+	FeedbackHWM uint64 `json:"feedback_hwm"`
 	// OldestUnsynced is when the oldest record the hub has not
 	// acknowledged was made; zero if there is none.
 	OldestUnsynced time.Time `json:"oldest_unsynced,omitzero"`
@@ -206,11 +210,6 @@ type DownBundle struct {
 	Data []byte
 }
 
-// DownAck says the agent has durably applied hub bundle Seq.
-type DownAck struct {
-	Seq uint64 `json:"seq"`
-}
-
 // Error refuses a session, with one of the Code constants and a sentence
 // for the person reading the log. Its sender closes the stream after it.
 type Error struct {
@@ -238,9 +237,6 @@ func (*Ack) Type() MessageType { return MsgAck }
 
 // Type implements Message.
 func (*DownBundle) Type() MessageType { return MsgDownBundle }
-
-// Type implements Message.
-func (*DownAck) Type() MessageType { return MsgDownAck }
 
 // Type implements Message.
 func (*Error) Type() MessageType { return MsgError }
@@ -355,7 +351,7 @@ func AppendMessage(b []byte, m Message) ([]byte, error) {
 			return b, err
 		}
 		payload, _ = json.Marshal(&c)
-	case *Hello, *HelloOK, *DownAck:
+	case *Hello, *HelloOK:
 		if err := m.(interface{ validate() error }).validate(); err != nil {
 			return b, err
 		}
@@ -540,8 +536,6 @@ func decodePayload(t MessageType, p []byte) (Message, error) {
 		}
 	case MsgAck:
 		m = new(Ack)
-	case MsgDownAck:
-		m = new(DownAck)
 	case MsgBlobQuery:
 		m = new(BlobQuery)
 	case MsgBlobNeed:
@@ -652,13 +646,6 @@ func (a *Ack) validate() error {
 	}
 	if err := checkText("reason", a.Reason, MaxNoteLen); err != nil {
 		return msgErr(MsgAck, CodeMalformed, "%v", err)
-	}
-	return nil
-}
-
-func (d *DownAck) validate() error {
-	if d.Seq < 1 {
-		return msgErr(MsgDownAck, CodeMalformed, "bundle seq is 0")
 	}
 	return nil
 }

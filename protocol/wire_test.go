@@ -27,7 +27,7 @@ func testMessages() []struct {
 		name string
 		m    Message
 	}{
-		{"hello", &Hello{Version: Version, Agent: testAgent, Site: testSite, BundleHWM: 12, DownHWM: 3,
+		{"hello", &Hello{Version: Version, Agent: testAgent, Site: testSite, BundleHWM: 12, PledgeHWM: 40, FeedbackHWM: 3,
 			OldestUnsynced: testAt, AgentRecipient: testRecipient}},
 		{"hello-enrol", &Hello{Version: Version, Agent: testAgent, Site: testSite,
 			EnrolSecret: "q0bSYJwXfm4lAMgFhIuDRoEJ3l2ZcY0ZcbZ8j8CwZsw", AgentRecipient: testRecipient,
@@ -46,7 +46,6 @@ func testMessages() []struct {
 		{"ack", &Ack{Seq: 11, State: AckApplied}},
 		{"ack-quarantined", &Ack{Seq: 12, State: AckQuarantined, Reason: "agent A-1 was revoked on 2025-03-14T09:26:53Z"}},
 		{"down-bundle", &DownBundle{Seq: 4, Data: []byte("age-encryption.org/v1\n…")}},
-		{"down-ack", &DownAck{Seq: 4}},
 		{"error", &Error{Code: CodeRevoked, Message: "agent A-1 was revoked; ask the hub operator for a new enrolment"}},
 		{"bye", &Bye{}},
 	}
@@ -139,7 +138,7 @@ func chunkFrame(seq, off, total uint64, flag byte, data string) []byte {
 }
 
 func TestReadMessageRefuses(t *testing.T) {
-	hello := `{"version":1,"agent":"A-1","site":"S-1","bundle_hwm":0,"down_hwm":0}`
+	hello := `{"version":1,"agent":"A-1","site":"S-1","bundle_hwm":0,"pledge_hwm":0,"feedback_hwm":0}`
 	if _, err := DecodeMessage(frame(MsgHello, hello)); err != nil {
 		t.Fatalf("the unbroken hello does not decode: %v", err)
 	}
@@ -177,7 +176,8 @@ func TestReadMessageRefuses(t *testing.T) {
 		{"ack unknown state", frame(MsgAck, `{"seq":1,"state":"lost"}`), CodeMalformed},
 		{"ack seq 0", frame(MsgAck, `{"seq":0,"state":"applied"}`), CodeMalformed},
 		{"ack control character", frame(MsgAck, `{"seq":1,"state":"refused","reason":"a\u0007b"}`), CodeMalformed},
-		{"down ack string seq", frame(MsgDownAck, `{"seq":"1"}`), CodeMalformed},
+		{"retired down ack", frame(0x07, `{"seq":1}`), CodeMalformed},
+		{"hello string hwm", frame(MsgHello, strings.Replace(hello, `"pledge_hwm":0`, `"pledge_hwm":"0"`, 1)), CodeMalformed},
 		{"error bad code", frame(MsgError, `{"code":"Bad Code","message":"x"}`), CodeMalformed},
 		{"error message too long", frame(MsgError, `{"code":"internal","message":"`+strings.Repeat("x", MaxErrorMessageLen+1)+`"}`), CodeMalformed},
 		{"empty", nil, "EOF"},

@@ -17,6 +17,15 @@ import (
 // the measurements.
 const (
 	startupGain = 2.885 // 2/ln 2: doubles the delivery rate every round
+	// startupCwndGain bounds what is in flight until the pipe is full: two
+	// bandwidth-delay products, the pipe and a queue as deep as it, which
+	// a modem's buffer holds. startupGain would let the overshoot of the
+	// round in which the link fills overflow that buffer; the burst of
+	// losses then outlasts the receiver's playout, and QUIC cuts its
+	// window for good. (It does not hold QUIC back: the playout makes
+	// QUIC's round trip about twice the link's, so QUIC's window is about
+	// twice what the shield has in flight.)
+	startupCwndGain = 2
 	// cwndGain bounds what is in flight in the steady state: a quarter of
 	// a bandwidth-delay product more than the pipe holds, so a queue at
 	// the bottleneck never delays a retransmission past the receiver's
@@ -125,7 +134,7 @@ type pacer struct {
 }
 
 func newPacer() *pacer {
-	return &pacer{mode: modeStartup, pacingGain: startupGain, cwndGain: startupGain, cwnd: initialWindow}
+	return &pacer{mode: modeStartup, pacingGain: startupGain, cwndGain: startupCwndGain, cwnd: initialWindow}
 }
 
 // btlBw is the bottleneck bandwidth estimate in bytes per second, or zero
@@ -327,14 +336,15 @@ func (p *pacer) onAck(now time.Time, size int, st sendState, sentAt time.Time, i
 
 	p.update(now, roundStart, st.appLimited, inflight)
 
-	// The window grows by what was delivered, as in slow start, until it
-	// reaches the model's target; in startup it only grows.
+	// The window grows by what was delivered, as in slow start, up to the
+	// model's target (two bandwidth-delay products in startup), never
+	// below QUIC's initial window before the model has its first
+	// samples.
+	limit := p.target()
 	if p.mode == modeStartup {
-		p.cwnd = min(max(p.cwnd+size, p.target()), maxWindow)
-	} else {
-		p.cwnd = min(p.cwnd+size, p.target())
+		limit = max(limit, initialWindow)
 	}
-	p.cwnd = max(p.cwnd, minWindow)
+	p.cwnd = max(min(p.cwnd+size, limit), minWindow)
 }
 
 func (p *pacer) update(now time.Time, roundStart, appLimited bool, inflight int) {
@@ -368,7 +378,7 @@ func (p *pacer) update(now time.Time, roundStart, appLimited bool, inflight int)
 			}
 		}
 		if queue || p.fullBwCount >= fullBwRounds {
-			p.mode, p.pacingGain, p.cwndGain = modeDrain, 1/startupGain, startupGain
+			p.mode, p.pacingGain, p.cwndGain = modeDrain, 1/startupGain, startupCwndGain
 		}
 		if p.mode != modeDrain {
 			break
