@@ -88,6 +88,8 @@ type Agent struct {
 	// transfer is the sync in progress, for `agent status`; nil between
 	// syncs.
 	transfer atomic.Pointer[transfer]
+	// tickets keeps the hub's session ticket for the next sync's 0-RTT.
+	tickets *ticketCache
 }
 
 // Options configure Open.
@@ -135,6 +137,7 @@ func Open(dir string, opts Options) (*Agent, error) {
 		log:         lg.With("agent", id.AgentID, "site", id.Site),
 		now:         time.Now,
 		syncing:     make(chan struct{}, 1),
+		tickets:     &ticketCache{path: filepath.Join(dir, ticketFile), pin: id.HubKeyPin},
 	}, nil
 }
 

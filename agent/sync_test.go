@@ -903,3 +903,70 @@ func TestSyncResumesAfterCut(t *testing.T) {
 		t.Errorf("%d attachment(s) pending after the sync (%v)", s.AttachmentsPending, err)
 	}
 }
+
+// TestSyncZeroRTT checks that a sync after one that ended well resumes the
+// TLS session from the ticket kept in the data directory and sends its
+// hello with the handshake (0-RTT), also from a newly opened agent (a new
+// `agent sync` process) and to a restarted hub; and that against a hub
+// that cannot open the ticket, the session runs again once the handshake
+// completes.
+func TestSyncZeroRTT(t *testing.T) {
+	t.Parallel()
+	f, ctx := loopback(t)
+	a := f.a
+	if res, err := a.Sync(ctx, SyncOptions{}); err != nil || res.ZeroRTT {
+		t.Fatalf("first sync: 0-RTT %v, %v; want a full handshake", res.ZeroRTT, err)
+	}
+	add(t, a, delivery("Switch", 1))
+	res, err := a.Sync(ctx, SyncOptions{})
+	if err != nil || !res.ZeroRTT || res.BundlesSent != 1 {
+		t.Fatalf("second sync: 0-RTT %v, %d bundle(s), %v; want its bundle sent with 0-RTT", res.ZeroRTT, res.BundlesSent, err)
+	}
+
+	// A new process: the ticket comes from the file.
+	dir := a.dir
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b, err := Open(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	add(t, b, delivery("Router", 1))
+	if res, err := b.Sync(ctx, SyncOptions{}); err != nil || !res.ZeroRTT || res.BundlesSent != 1 {
+		t.Fatalf("sync of a reopened agent: 0-RTT %v, %d bundle(s), %v", res.ZeroRTT, res.BundlesSent, err)
+	}
+
+	// A restarted hub (a new Serve) still opens its tickets.
+	b.id.HubAddr = serve(t, f.hub)
+	add(t, b, delivery("Firewall", 1))
+	if res, err := b.Sync(ctx, SyncOptions{}); err != nil || !res.ZeroRTT || res.BundlesSent != 1 {
+		t.Fatalf("sync with a restarted hub: 0-RTT %v, %d bundle(s), %v", res.ZeroRTT, res.BundlesSent, err)
+	}
+
+	// A ticket the hub cannot open: it refuses the early data, and the
+	// session runs again after the handshake.
+	path := filepath.Join(dir, ticketFile)
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saved savedTicket
+	if err := json.Unmarshal(raw, &saved); err != nil {
+		t.Fatal(err)
+	}
+	saved.Ticket[len(saved.Ticket)/2] ^= 0xff
+	raw, _ = json.Marshal(saved)
+	if err := os.WriteFile(path, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	add(t, b, delivery("Server", 1))
+	res, err = b.Sync(ctx, SyncOptions{})
+	if err != nil || res.ZeroRTT || res.BundlesSent != 1 {
+		t.Fatalf("sync with a ticket the hub cannot open: 0-RTT %v, %d bundle(s), %v; want the bundle sent after the handshake", res.ZeroRTT, res.BundlesSent, err)
+	}
+	if rows, err := f.hub.Rows(); err != nil || len(rows) != 4 {
+		t.Errorf("hub holds %d records (%v), want 4", len(rows), err)
+	}
+}

@@ -40,6 +40,15 @@ func (h *Hub) handleConn(ctx context.Context, conn *quic.Conn) {
 	defer conn.CloseWithError(0, "")
 	sctx, cancel := context.WithTimeout(ctx, 24*time.Hour)
 	defer cancel()
+	// 0-RTT data can be replayed by anyone who saw it; a replayer cannot
+	// complete the handshake, so nothing is read before it is complete.
+	select {
+	case <-conn.HandshakeComplete():
+	case <-conn.Context().Done():
+		return
+	case <-sctx.Done():
+		return
+	}
 	stream, err := conn.AcceptStream(sctx)
 	if err != nil {
 		return

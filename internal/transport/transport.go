@@ -78,6 +78,21 @@ func ResetKey(key ed25519.PrivateKey) *quic.StatelessResetKey {
 	return &k
 }
 
+// ticketKeyLabel is the label of the key that seals the hub's TLS session
+// tickets, derived from the hub's key.
+const ticketKeyLabel = "fieldsync hub: TLS session ticket key v1"
+
+// ticketKey derives the key that seals a hub's session tickets from its
+// Ed25519 key, as ResetKey does: a restarted hub still opens the tickets
+// it gave out, so its agents' next syncs resume with 0-RTT instead of
+// sending their early data in vain. (Go's default, a random key per
+// process, would make every agent's next sync after a restart pay that.)
+// Whoever holds the hub's key can open the tickets and so the 0-RTT data
+// sent with them: agents send in it only their hello and attachment offer.
+func ticketKey(key ed25519.PrivateKey) [32]byte {
+	return sha256.Sum256(append([]byte(ticketKeyLabel), key.Seed()...))
+}
+
 // certificate wraps an Ed25519 key in a self-signed certificate: TLS needs a
 // certificate, but trust comes from the pinned key, not from the certificate.
 func certificate(key ed25519.PrivateKey) (tls.Certificate, error) {
@@ -129,7 +144,7 @@ func ServerTLS(key ed25519.PrivateKey) (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Config{
+	conf := &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.RequireAnyClientCert,
@@ -138,7 +153,9 @@ func ServerTLS(key ed25519.PrivateKey) (*tls.Config, error) {
 			_, err := rawKey(rawCerts)
 			return err
 		},
-	}, nil
+	}
+	conf.SetSessionTicketKeys([][32]byte{ticketKey(key)})
+	return conf, nil
 }
 
 // ClientTLS is an agent's TLS configuration: it presents the agent's key and
