@@ -88,7 +88,7 @@ type Agent struct {
 	// transfer is the sync in progress, for `agent status`; nil between
 	// syncs.
 	transfer atomic.Pointer[transfer]
-	// tickets keeps the hub's session ticket for the next sync's 0-RTT.
+	// tickets keeps the hub's session ticket for the next sync.
 	tickets *ticketCache
 }
 
@@ -137,7 +137,8 @@ func Open(dir string, opts Options) (*Agent, error) {
 		log:         lg.With("agent", id.AgentID, "site", id.Site),
 		now:         time.Now,
 		syncing:     make(chan struct{}, 1),
-		tickets:     &ticketCache{path: filepath.Join(dir, ticketFile), pin: id.HubKeyPin},
+		tickets: &ticketCache{path: filepath.Join(dir, ticketFile), pin: id.HubKeyPin,
+			agent: protocol.Fingerprint(key.Public().(ed25519.PublicKey))},
 	}, nil
 }
 

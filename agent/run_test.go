@@ -121,7 +121,7 @@ func TestSendBundleShortFile(t *testing.T) {
 			if err := os.Truncate(a.outboxPath(b.Seq), tc.size); err != nil {
 				t.Fatal(err)
 			}
-			n, err := a.sendBundle(io.Discard, &ledger.Bundle{Seq: b.Seq, Size: b.Size}, tc.offset, func(int64) {})
+			n, err := a.sendBundle(io.Discard, &ledger.Bundle{Seq: b.Seq, Size: b.Size}, tc.offset, func() bool { return false }, func(int64) {})
 			if tc.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 					t.Fatalf("got %v, want an error containing %q", err, tc.wantErr)

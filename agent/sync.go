@@ -47,7 +47,7 @@ type SyncResult struct {
 	DownApplied int           `json:"down_applied"`
 	Took        time.Duration `json:"took"`
 	LinkBytes   int64         `json:"link_bytes"`         // put on the link both ways, QUIC, TLS, UDP and IP included
-	ZeroRTT     bool          `json:"zero_rtt"`           // the hello went with the handshake, resuming the last session
+	TLSResumed  bool          `json:"tls_resumed"`        // the handshake resumed the last session (no certificates exchanged)
 	Deferred    string        `json:"deferred,omitempty"` // why something was left for later (budget, records-only)
 }
 
@@ -112,37 +112,25 @@ func (a *Agent) sync(ctx context.Context, opts SyncOptions) (res SyncResult, err
 	if err != nil {
 		return res, err
 	}
-	// With the ticket of the last session, the hello and the attachment
-	// offer go out with the handshake (0-RTT). The hub acts on them only
-	// once the handshake is complete, so a replay of them by someone on the
-	// path, who cannot complete it, does nothing.
-	conn, err := transport.DefaultDialer.DialEarly(ctx, a.id.HubAddr, tlsConf)
+	// With the ticket of the last session the handshake resumes it (no
+	// certificates exchanged). It is not used for 0-RTT: quic-go sends
+	// early data before it has a round-trip sample, and over a long path
+	// its loss timer then fired on data still on its way, and its window
+	// collapsed for the rest of the sync (real binaries, bgan, 2 MB: 62 s
+	// instead of 52 s; docs/transport.md).
+	dctx, cancel := context.WithTimeout(ctx, transport.HandshakeTimeout)
+	conn, err := transport.Dial(dctx, a.id.HubAddr, tlsConf)
+	cancel()
 	if err != nil {
 		return res, fmt.Errorf("reach hub %s: %w", a.id.HubAddr, err)
 	}
-	defer func() { conn.CloseWithError(0, "") }()
+	defer conn.CloseWithError(0, "")
 	defer func() {
 		st := conn.ConnectionStats()
 		res.LinkBytes = int64(st.BytesSent+st.BytesReceived) + int64(st.PacketsSent+st.PacketsReceived)*udpIPHeader
 	}()
 	res, err = a.session(ctx, conn, opts, left, progress)
-	if errors.Is(err, quic.Err0RTTRejected) {
-		// The hub did not take the 0-RTT data (it cannot open the ticket:
-		// another hub, or an expired ticket): the session runs again on the
-		// connection the handshake completed.
-		if conn, err = conn.NextConnection(ctx); err != nil {
-			return res, fmt.Errorf("reach hub %s: %w", a.id.HubAddr, err)
-		}
-		res, err = a.session(ctx, conn, opts, left, progress)
-	}
-	if err != nil {
-		select {
-		case <-conn.HandshakeComplete():
-		default:
-			err = fmt.Errorf("reach hub %s: %w", a.id.HubAddr, err)
-		}
-	}
-	res.ZeroRTT = conn.ConnectionState().Used0RTT
+	res.TLSResumed = conn.ConnectionState().TLS.DidResume
 	return res, err
 }
 
@@ -196,35 +184,27 @@ func (a *Agent) session(ctx context.Context, conn *quic.Conn, opts SyncOptions, 
 	// or sent something the agent cannot take), the upload must stop with
 	// it rather than spend the link on bytes the hub will not keep: the
 	// reader closes the connection, and its error is the one the user sees.
-	// A hub that refused the 0-RTT data has reset the stream, which ends
-	// both the reader and the sender; the connection lives on for the
-	// session's second run.
-	stopConn := func(err error) {
-		if !errors.Is(err, quic.Err0RTTRejected) {
-			conn.CloseWithError(0, "")
-		}
-	}
 	var readerFailed atomic.Pointer[error]
 	wg.Go(func() {
 		err := a.readAcks(r, helloOK, needs, &answered, &res)
 		if err != nil {
 			readerFailed.CompareAndSwap(nil, &err)
-			stopConn(err)
+			conn.CloseWithError(0, "")
 		}
 		acks <- err
 	})
 	abort := func(err error) (SyncResult, error) {
 		readerFailed.CompareAndSwap(nil, &err)
-		stopConn(*readerFailed.Load())
+		conn.CloseWithError(0, "")
 		// The reader must end before res is returned: it writes to it.
 		wg.Wait()
 		return res, *readerFailed.Load()
 	}
 
 	// The bundles and attachments go out at once, before the HelloOK and
-	// the BlobNeed say where the hub stands, unless an upload was cut off
-	// since the last sync that ended well: the hub may then hold part of
-	// one, and its answers say from where to resume. Sent at once, they
+	// the BlobNeed say where the hub stands, unless an upload may be open:
+	// the hub may then hold part of one, and its answers say from where to
+	// resume. Sent at once, they
 	// save the session a round trip; what the hub turns out to hold
 	// already (carried by hand, or the same scan from another site) stops
 	// when its answer arrives, having cost at most a round trip of the
@@ -260,17 +240,6 @@ func (a *Agent) session(ctx context.Context, conn *quic.Conn, opts SyncOptions, 
 			return abort(err)
 		}
 	}
-	// Only the hello and the attachment offer go in 0-RTT; the chunks wait
-	// for the handshake to complete. A burst of 0-RTT chunks reaches a hub
-	// whose shield knows nothing yet of the path's round trip, and a packet
-	// lost in it held the rest at the hub for seconds: QUIC took that for
-	// congestion and never recovered (real binaries, geo, 2 MB: 36.8 s
-	// instead of 12.8 s).
-	select {
-	case <-conn.HandshakeComplete():
-	case <-conn.Context().Done():
-		return abort(context.Cause(conn.Context()))
-	}
 	var total int64
 	for _, b := range bundles {
 		total += b.Size
@@ -297,7 +266,18 @@ func (a *Agent) session(ctx context.Context, conn *quic.Conn, opts SyncOptions, 
 			res.Deferred = fmt.Sprintf("bundle %d (%d bytes) does not fit in what is left of today's link budget", b.Seq, b.Size-offset)
 			break
 		}
-		n, err := a.sendBundle(stream, b, offset, func(done int64) {
+		// A HelloOK that arrives meanwhile may say the hub holds this
+		// bundle already (carried by hand): the rest of it stays here.
+		held := func() bool {
+			if ok == nil {
+				select {
+				case ok = <-helloOK:
+				default:
+				}
+			}
+			return ok != nil && b.Seq <= ok.HubHWM
+		}
+		n, err := a.sendBundle(stream, b, offset, held, func(done int64) {
 			if progress != nil {
 				progress(sent+offset+done, total)
 			}
@@ -340,17 +320,28 @@ func (a *Agent) session(ctx context.Context, conn *quic.Conn, opts SyncOptions, 
 		return res, err
 	}
 	stream.Close()
-	// Every bundle sent is acknowledged: nothing of it is left in part.
+	// Once nothing is left to send, the hub holds no part of anything, and
+	// the next sync may send before the hub's answers; while something is
+	// (records only, the budget, a refusal), it waits for them, which say
+	// where to resume.
+	bundles, err = a.unacked()
+	if err != nil {
+		return res, err
+	}
+	pending, err := a.pendingBlobs()
+	if err != nil || len(bundles) > 0 || len(pending) > 0 {
+		return res, err
+	}
 	return res, a.setUploadCutOff(false)
 }
 
-// metaUploadOpen is set in the meta table while an upload runs, and cleared
-// when its session ends well: set at the start of a sync, an upload was cut
-// off and the hub may hold part of a bundle.
+// metaUploadOpen is set in the meta table when an upload starts, and
+// cleared when a session ends well with nothing left to send: set at the
+// start of a sync, the hub may hold part of a bundle or attachment.
 const metaUploadOpen = "upload_open"
 
-// uploadCutOff reports whether an upload was cut off since the last sync
-// that ended well.
+// uploadCutOff reports whether the hub may hold part of an upload: one was
+// cut off, or left for later, since the last sync that sent everything.
 func (a *Agent) uploadCutOff() (bool, error) {
 	var open bool
 	err := a.led.Read(func(txn *memdb.Txn) error {
@@ -420,9 +411,10 @@ func (a *Agent) downHWMs(txn *memdb.Txn) (pledge, feedback uint64, err error) {
 	return pledge, feedback, nil
 }
 
-// sendBundle streams one bundle from offset in chunks; it returns the bytes
-// put on the stream.
-func (a *Agent) sendBundle(w io.Writer, b *ledger.Bundle, offset int64, progress func(int64)) (int64, error) {
+// sendBundle streams one bundle from offset in chunks, until its end or
+// until stop says the hub holds it already; it returns the bytes put on the
+// stream.
+func (a *Agent) sendBundle(w io.Writer, b *ledger.Bundle, offset int64, stop func() bool, progress func(int64)) (int64, error) {
 	f, err := os.Open(a.outboxPath(b.Seq))
 	if err != nil {
 		return 0, fmt.Errorf("open sealed bundle: %w", err)
@@ -434,6 +426,9 @@ func (a *Agent) sendBundle(w io.Writer, b *ledger.Bundle, offset int64, progress
 	buf := make([]byte, ChunkSize)
 	var sent int64
 	for off := offset; ; {
+		if stop() {
+			return sent, nil
+		}
 		n, err := io.ReadFull(f, buf)
 		if err != nil && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 			return sent, err

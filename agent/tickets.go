@@ -14,17 +14,19 @@ const ticketFile = "hub-session.json"
 
 // ticketCache is the agent's tls.ClientSessionCache: it keeps the hub's
 // last session ticket in a file (0600, like the keys), so that the next sync
-// resumes the session and sends its hello and first data with the
-// handshake (0-RTT), saving a round trip, even when it runs in a new
-// process (`agent sync`). Losing the file costs that round trip, nothing
-// else; a hub that no longer knows the ticket makes a full handshake.
+// resumes the session (no certificates exchanged) even when it runs in a
+// new process (`agent sync`). Losing the file costs a full handshake,
+// nothing else, as does a ticket the hub cannot open.
 type ticketCache struct {
 	path string
 	// pin is the hub key the agent trusts: a resumed session skips the
 	// check of the hub's certificate, so a ticket from a hub with another
-	// key (before a new enrolment) is not used.
-	pin string
-	mu  sync.Mutex
+	// key (before a new enrolment) is not used. agent is the agent's own
+	// key: a resumed session presents the certificate of the session it
+	// resumes, so a ticket from before the agent's key changed (a data
+	// directory initialised again) is not used either.
+	pin, agent string
+	mu         sync.Mutex
 }
 
 // savedTicket is the file's content: one ticket, for the server name key
@@ -32,6 +34,7 @@ type ticketCache struct {
 type savedTicket struct {
 	Key    string `json:"key"`
 	Pin    string `json:"pin"`
+	Agent  string `json:"agent"`
 	Ticket []byte `json:"ticket"`
 	State  []byte `json:"state"` // tls.SessionState.Bytes: secret
 }
@@ -45,7 +48,7 @@ func (c *ticketCache) Get(key string) (*tls.ClientSessionState, bool) {
 		return nil, false
 	}
 	var t savedTicket
-	if json.Unmarshal(b, &t) != nil || t.Key != key || t.Pin != c.pin {
+	if json.Unmarshal(b, &t) != nil || t.Key != key || t.Pin != c.pin || t.Agent != c.agent {
 		return nil, false
 	}
 	st, err := tls.ParseSessionState(t.State)
@@ -75,7 +78,7 @@ func (c *ticketCache) Put(key string, cs *tls.ClientSessionState) {
 	if err != nil {
 		return
 	}
-	b, err := json.Marshal(savedTicket{Key: key, Pin: c.pin, Ticket: ticket, State: state})
+	b, err := json.Marshal(savedTicket{Key: key, Pin: c.pin, Agent: c.agent, Ticket: ticket, State: state})
 	if err != nil {
 		return
 	}

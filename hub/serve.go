@@ -54,10 +54,8 @@ func (h *Hub) Serve(ctx context.Context, opts ServeOptions) error {
 	}
 	// Shielded agents and plain QUIC ones, on the one socket
 	// (docs/transport.md); Shutdown closes it. Stateless resets tell the
-	// agents of a hub that restarted under them to dial again at once. An
-	// agent that resumes a session sends its hello and first data with the
-	// handshake (0-RTT); handleConn reads them only once it is complete.
-	ln, err := (&transport.ListenConfig{StatelessResetKey: transport.ResetKey(h.key), Allow0RTT: true}).Listen(udp, tlsConf)
+	// agents of a hub that restarted under them to dial again at once.
+	ln, err := (&transport.ListenConfig{StatelessResetKey: transport.ResetKey(h.key)}).Listen(udp, tlsConf)
 	if err != nil {
 		udp.Close()
 		return fmt.Errorf("listen QUIC on %s: %w", opts.Listen, err)

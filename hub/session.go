@@ -40,15 +40,6 @@ func (h *Hub) handleConn(ctx context.Context, conn *quic.Conn) {
 	defer conn.CloseWithError(0, "")
 	sctx, cancel := context.WithTimeout(ctx, 24*time.Hour)
 	defer cancel()
-	// 0-RTT data can be replayed by anyone who saw it; a replayer cannot
-	// complete the handshake, so nothing is read before it is complete.
-	select {
-	case <-conn.HandshakeComplete():
-	case <-conn.Context().Done():
-		return
-	case <-sctx.Done():
-		return
-	}
 	stream, err := conn.AcceptStream(sctx)
 	if err != nil {
 		return
@@ -187,8 +178,10 @@ func (h *Hub) session(ctx context.Context, conn *quic.Conn, stream *quic.Stream)
 	// it holds. Sent while the upload still ran, the hub bundle's
 	// acknowledgements would queue behind the upload's data, and quic-go
 	// would send it again before they came back.
+	// What the agent holds is what its hello says: a hub bundle that did
+	// not reach it is sent again, whatever the hub sent before.
 	down := &downlink{h: h, agent: a.ID, w: stream,
-		from: down{seq: a.DownSeq, pledgeHWM: a.PledgeHWM, feedbackHWM: a.FeedbackHWM}}
+		from: down{seq: a.DownSeq, pledgeHWM: hello.PledgeHWM, feedbackHWM: hello.FeedbackHWM}}
 	if err := down.send(); err != nil {
 		return err
 	}
@@ -231,9 +224,6 @@ func (h *Hub) authenticate(hello *protocol.Hello, peer ed25519.PublicKey) (*ledg
 		}
 		a.LastSeen = now
 		a.OldestUnsynced = hello.OldestUnsynced
-		// What the agent holds is what it says: a hub bundle that did not
-		// reach it is sent again, whatever the hub sent before.
-		a.PledgeHWM, a.FeedbackHWM = hello.PledgeHWM, hello.FeedbackHWM
 		out = &a
 		return tx.Put(ledger.TableAgents, &a)
 	})

@@ -27,17 +27,31 @@ type upload struct {
 	part    *os.File
 	partKey string
 
+	// hwm is the agent's bundle high-water mark as this session knows it:
+	// chunks of a bundle at or under it are a duplicate, dropped unwritten
+	// (the agent sent them before the HelloOK told it).
+	hwm uint64
+	// dupAcked are the duplicate bundles already answered in this session.
+	dupAcked map[uint64]bool
+
 	// wanted holds the attachments the agent's records name, by hash, with
-	// their sizes: the only attachments the hub takes from this agent. It
-	// is read again when a chunk names one it lacks after a bundle was
-	// applied (stale).
-	wanted map[string]int64
-	stale  bool
+	// their sizes: the only attachments the hub takes from this agent.
+	// scannedTo is the highest record seq read into it: the records
+	// applied since are read when a chunk names an attachment it lacks.
+	wanted    map[string]int64
+	scannedTo uint64
+	// offered are the attachments the agent offered in this session (at
+	// most maxOffered): the only ones whose chunks it may send.
+	offered map[string]bool
 	// answered are attachments refused, or found held already, before
 	// their last chunk: their further chunks, already on their way, are
 	// dropped.
 	answered map[string]bool
 }
+
+// maxOffered bounds the attachments one session may offer, and so what the
+// hub keeps in memory about them.
+const maxOffered = 64 * protocol.MaxBlobQuery
 
 func (u *upload) close() {
 	if u.part != nil {
@@ -61,8 +75,20 @@ func (u *upload) partial(key string) (*os.File, error) {
 }
 
 // chunk takes part of a bundle; the last chunk hands the bundle to intake
-// and acknowledges it.
+// and acknowledges it. A bundle the hub holds already is answered at its
+// first chunk, and none of it is written.
 func (u *upload) chunk(c *protocol.Chunk) error {
+	if c.Seq <= max(u.hwm, u.agent.BundleHWM) {
+		if u.dupAcked[c.Seq] {
+			return nil
+		}
+		if u.dupAcked == nil {
+			u.dupAcked = map[uint64]bool{}
+		}
+		u.dupAcked[c.Seq] = true
+		return protocol.WriteMessage(u.w, &protocol.Ack{Seq: c.Seq, State: protocol.AckDuplicate,
+			Reason: "the hub holds this bundle already"})
+	}
 	f, err := u.partial(fmt.Sprintf("%s-%d", u.agent.ID, c.Seq))
 	if err != nil {
 		return err
@@ -84,26 +110,29 @@ func (u *upload) chunk(c *protocol.Chunk) error {
 	// The partial file is done with whatever the outcome: an applied
 	// bundle is archived, a refused one must be sent anew.
 	os.Remove(path)
-	u.stale = true
+	if a, err := u.h.agent(u.agent.ID); err != nil {
+		return err
+	} else if a != nil {
+		u.hwm = a.BundleHWM
+	}
 	return protocol.WriteMessage(u.w, &protocol.Ack{Seq: c.Seq, State: res.State, Reason: res.Reason})
 }
 
 // named returns the size with which a record of the agent names the
-// attachment sum, reading the records again if bundles were applied since
-// it last did.
+// attachment sum, reading the records applied since it last looked (each
+// record once per session).
 func (u *upload) named(sum string) (int64, bool, error) {
 	if size, ok := u.wanted[sum]; ok {
 		return size, true, nil
 	}
-	if u.wanted != nil && !u.stale {
-		return 0, false, nil
+	if u.wanted == nil {
+		u.wanted = map[string]int64{}
 	}
-	w, err := u.h.attachmentsOf(u.agent.ID)
-	if err != nil {
+	var err error
+	if u.scannedTo, err = u.h.attachmentsOf(u.agent.ID, u.scannedTo, u.wanted); err != nil {
 		return 0, false, err
 	}
-	u.wanted, u.stale = w, false
-	size, ok := w[sum]
+	size, ok := u.wanted[sum]
 	return size, ok, nil
 }
 
@@ -112,8 +141,15 @@ func (u *upload) named(sum string) (int64, bool, error) {
 // attachment no applied record names yet is wanted too; its chunks are
 // taken only once such a record is applied (blobChunk).
 func (u *upload) blobQuery(q *protocol.BlobQuery) error {
+	if u.offered == nil {
+		u.offered = map[string]bool{}
+	}
 	need := &protocol.BlobNeed{Blobs: []protocol.BlobWant{}}
 	for _, b := range q.Blobs {
+		if !u.offered[b.Hash] && len(u.offered) >= maxOffered {
+			return &sessionError{protocol.CodeTooLarge, fmt.Sprintf("more than %d attachments offered in one session", maxOffered)}
+		}
+		u.offered[b.Hash] = true
 		size, ok, err := u.named(b.Hash)
 		if err != nil {
 			return err
@@ -122,7 +158,9 @@ func (u *upload) blobQuery(q *protocol.BlobQuery) error {
 		case ok && size != b.Size:
 			need.Refused = append(need.Refused, protocol.BlobAck{Hash: b.Hash, State: protocol.AckRefused,
 				Reason: fmt.Sprintf("the agent's records name this attachment with %d bytes, not %d", size, b.Size)})
-		case u.h.blobs.Has(b.Hash):
+		case ok && u.h.blobs.Has(b.Hash):
+			// Only for an attachment the agent's records name: whether the
+			// hub holds some other file is none of its business.
 			// Held already (perhaps from another agent that sent it at the
 			// same time): not listed, so the agent counts it as delivered,
 			// and what this agent sent of it will not be resumed.
@@ -150,6 +188,9 @@ func blobPartKey(agentID, sum string) string { return "blob-" + agentID + "-" + 
 // answer reached it.
 func (u *upload) blobChunk(c *protocol.BlobChunk) error {
 	sum := c.HashHex()
+	if !u.offered[sum] {
+		return &sessionError{protocol.CodeMalformed, fmt.Sprintf("attachment %s was not offered", sum)}
+	}
 	if u.answered[sum] {
 		return nil
 	}
@@ -197,11 +238,11 @@ func (u *upload) blobChunk(c *protocol.BlobChunk) error {
 	return protocol.WriteMessage(u.w, ack)
 }
 
-// attachmentsOf returns the attachments named by an agent's records.
-func (h *Hub) attachmentsOf(agentID string) (map[string]int64, error) {
-	out := map[string]int64{}
+// attachmentsOf adds to out the attachments named by the records of
+// agentID after record seq from, and returns the highest seq it read.
+func (h *Hub) attachmentsOf(agentID string, from uint64, out map[string]int64) (uint64, error) {
 	err := h.led.Read(func(txn *memdb.Txn) error {
-		it, err := txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, agentID, uint64(0))
+		it, err := txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, agentID, from+1)
 		if err != nil {
 			return err
 		}
@@ -213,10 +254,11 @@ func (h *Hub) attachmentsOf(agentID string) (map[string]int64, error) {
 			for _, a := range r.Attachments {
 				out[a.SHA256] = a.Size
 			}
+			from = r.Seq
 		}
 		return nil
 	})
-	return out, err
+	return from, err
 }
 
 // removePartial drops the partial file for key, if there is one.
@@ -271,8 +313,8 @@ func (h *Hub) ImportFile(path string) (Result, error) {
 		res.State, res.Reason = protocol.AckDuplicate, "attachment "+sum[:12]+"… is held already"
 		return res, nil
 	}
-	wanted, err := h.attachmentsOf(agentID)
-	if err != nil {
+	wanted := map[string]int64{}
+	if _, err := h.attachmentsOf(agentID, 0, wanted); err != nil {
 		return res, err
 	}
 	if _, ok := wanted[sum]; !ok {

@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -35,7 +37,7 @@ func TestBlobUploadsArePerAgent(t *testing.T) {
 	open := func(agentID string) session {
 		out := new(bytes.Buffer)
 		up := &upload{h: th.Hub, agent: &ledger.Agent{ID: agentID}, w: out,
-			wanted: map[string]int64{sum: int64(len(content))}}
+			wanted: map[string]int64{sum: int64(len(content))}, offered: map[string]bool{sum: true}}
 		t.Cleanup(up.close)
 		return session{up, out}
 	}
@@ -176,7 +178,8 @@ func TestBlobChunksAnsweredEarly(t *testing.T) {
 			if tt.named {
 				wanted[hexOf(tt.content)] = int64(len(tt.content))
 			}
-			up := &upload{h: th.Hub, agent: &ledger.Agent{ID: a.id}, w: out, wanted: wanted}
+			up := &upload{h: th.Hub, agent: &ledger.Agent{ID: a.id}, w: out, wanted: wanted,
+				offered: map[string]bool{hexOf(tt.content): true}}
 			t.Cleanup(up.close)
 			half := len(tt.content) / 2
 			for _, c := range []*protocol.BlobChunk{
@@ -206,5 +209,50 @@ func TestBlobChunksAnsweredEarly(t *testing.T) {
 				t.Errorf("stored: %v, want %v", !tt.stored, tt.stored)
 			}
 		})
+	}
+}
+
+// TestBlobChunkNotOffered: the hub takes chunks only of attachments offered
+// in the session, so that what it keeps about them stays bounded; a chunk
+// of another ends the session as malformed.
+func TestBlobChunkNotOffered(t *testing.T) {
+	th := newTestHub(t)
+	a := th.site("S-A", "Plant A", "Kyiv", "energy")
+	up := &upload{h: th.Hub, agent: &ledger.Agent{ID: a.id}, w: io.Discard}
+	t.Cleanup(up.close)
+	data := []byte("scan")
+	err := up.blobChunk(&protocol.BlobChunk{Hash: sha256.Sum256(data), Total: uint64(len(data)), Final: true, Data: data})
+	var se *sessionError
+	if !errors.As(err, &se) || se.code != protocol.CodeMalformed {
+		t.Fatalf("chunk of an attachment not offered: %v, want a malformed session", err)
+	}
+}
+
+// TestHeldBundleAnsweredAtFirstChunk: chunks of a bundle the hub holds
+// already (sent before the HelloOK told the agent) are answered once, as a
+// duplicate, and none of them is written.
+func TestHeldBundleAnsweredAtFirstChunk(t *testing.T) {
+	th := newTestHub(t)
+	a := th.site("S-A", "Plant A", "Kyiv", "energy")
+	out := new(bytes.Buffer)
+	up := &upload{h: th.Hub, agent: &ledger.Agent{ID: a.id, BundleHWM: 3}, w: out}
+	t.Cleanup(up.close)
+	for _, c := range []*protocol.Chunk{
+		{Seq: 2, Offset: 0, Total: 8, Data: []byte("bund")},
+		{Seq: 2, Offset: 4, Total: 8, Final: true, Data: []byte("le 2")},
+	} {
+		if err := up.chunk(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m, err := protocol.ReadMessage(out)
+	if ack, ok := m.(*protocol.Ack); err != nil || !ok || ack.Seq != 2 || ack.State != protocol.AckDuplicate {
+		t.Fatalf("hub answered %+v (%v), want a duplicate Ack of bundle 2", m, err)
+	}
+	if out.Len() != 0 {
+		t.Errorf("%d more bytes of answers, want one Ack", out.Len())
+	}
+	if size := th.partialSize(fmt.Sprintf("%s-%d", a.id, 2)); size != 0 {
+		t.Errorf("%d bytes of the held bundle written", size)
 	}
 }

@@ -75,8 +75,6 @@ type Agent struct {
 	OldestUnsynced time.Time `json:"oldest_unsynced,omitzero"` // as reported by the agent
 	BundleHWM      uint64    `json:"bundle_hwm"`               // highest bundle applied in chain order
 	LastHash       string    `json:"last_hash,omitempty"`      // hash of that bundle
-	PledgeHWM      uint64    `json:"pledge_hwm"`               // highest pledge change the agent acknowledged
-	FeedbackHWM    uint64    `json:"feedback_hwm"`             // highest feedback the agent acknowledged
 	DownSeq        uint64    `json:"down_seq"`                 // bundles sent down so far
 }
 

@@ -721,7 +721,7 @@ func nmModuleRoot() (string, error) {
 // delivery`, attaching nfiles random files of size bytes to the first
 // ones. With warm set, the agent syncs once before it records anything, as
 // a site that has synced before: the hub knows it and it holds a session
-// ticket (0-RTT).
+// ticket.
 func newNMFixture(bin, dir string, records, nfiles, size int, warm bool) (*nmFixture, error) {
 	f := &nmFixture{bin: bin, hubDir: filepath.Join(dir, "hub"), agentDir: filepath.Join(dir, "agent"), records: records}
 	hub := func(args ...string) (string, error) {
@@ -880,7 +880,7 @@ func nmCopyDir(src, dst string) error {
 func nmSync(ctx context.Context, l *nmLink, fx *nmFixture, logs string) (res nmResult) {
 	res = nmResult{Method: "fieldsync (agent sync, QUIC+shield)", Payload: fx.payloadBytes, Logs: logs}
 	if fx.warm {
-		res.Method = "fieldsync (agent sync, QUIC+shield, synced before: 0-RTT)"
+		res.Method = "fieldsync (agent sync, QUIC+shield, synced before)"
 	}
 	if err := os.MkdirAll(logs, 0o755); err != nil {
 		res.Err = err

@@ -21,7 +21,7 @@ var (
 	nmFlagBackend  = flag.String("netem.backend", "auto", "link for BenchmarkNetem: netem (tc qdisc netem on a veth pair), tun (TUN devices and an in-process impairment, for kernels without sch_netem), or auto")
 	nmFlagLogs     = flag.String("netem.logs", "", "keep the binaries' logs and data directories here (default: a new folder under $TMPDIR, printed)")
 	nmFlagHTTPS    = flag.Bool("netem.https", true, "also run the HTTPS baseline on every link")
-	nmFlagWarm     = flag.Bool("netem.warm", true, "measure a site that has synced before (enrolled, holding a session ticket for 0-RTT); false: its first sync")
+	nmFlagWarm     = flag.Bool("netem.warm", true, "measure a site that has synced before (enrolled, holding a session ticket); false: its first sync")
 )
 
 // BenchmarkNetem syncs 1,000 delivery records and 20 MB of attachments

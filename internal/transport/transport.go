@@ -84,11 +84,10 @@ const ticketKeyLabel = "fieldsync hub: TLS session ticket key v1"
 
 // ticketKey derives the key that seals a hub's session tickets from its
 // Ed25519 key, as ResetKey does: a restarted hub still opens the tickets
-// it gave out, so its agents' next syncs resume with 0-RTT instead of
-// sending their early data in vain. (Go's default, a random key per
-// process, would make every agent's next sync after a restart pay that.)
-// Whoever holds the hub's key can open the tickets and so the 0-RTT data
-// sent with them: agents send in it only their hello and attachment offer.
+// it gave out, so its agents' next syncs resume their sessions. (Go's
+// default, a random key per process, would make each of them pay a full
+// handshake after a restart.) Agents send no 0-RTT data, so the tickets
+// protect no data: a resumed handshake still agrees a fresh key (ECDHE).
 func ticketKey(key ed25519.PrivateKey) [32]byte {
 	return sha256.Sum256(append([]byte(ticketKeyLabel), key.Seed()...))
 }
