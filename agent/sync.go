@@ -204,11 +204,10 @@ func (a *Agent) session(ctx context.Context, conn *quic.Conn, opts SyncOptions, 
 	// The bundles and attachments go out at once, before the HelloOK and
 	// the BlobNeed say where the hub stands, unless an upload may be open:
 	// the hub may then hold part of one, and its answers say from where to
-	// resume. Sent at once, they
-	// save the session a round trip; what the hub turns out to hold
-	// already (carried by hand, or the same scan from another site) stops
-	// when its answer arrives, having cost at most a round trip of the
-	// link.
+	// resume. Sent at once, they save the session a round trip; what the
+	// hub turns out to hold already (carried by hand, or the same scan
+	// from another site) stops when its answer arrives, having cost at
+	// most a round trip of the link.
 	bundles, err := a.unacked()
 	if err != nil {
 		return abort(err)

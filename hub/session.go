@@ -173,13 +173,12 @@ func (h *Hub) session(ctx context.Context, conn *quic.Conn, stream *quic.Stream)
 		}
 	}
 
-	// What the agent lacks goes down, and Bye right behind it: nothing
-	// waits for an acknowledgement, since the agent's next hello says what
-	// it holds. Sent while the upload still ran, the hub bundle's
-	// acknowledgements would queue behind the upload's data, and quic-go
-	// would send it again before they came back.
-	// What the agent holds is what its hello says: a hub bundle that did
-	// not reach it is sent again, whatever the hub sent before.
+	// What the agent lacks goes down, and Bye right behind it. Nothing
+	// waits for an acknowledgement: what the agent holds is what its hello
+	// says, so a hub bundle that did not reach it goes again next time.
+	// (Sent while the upload still ran, the hub bundle's acknowledgements
+	// would queue behind the upload's data, and quic-go would send it
+	// again before they came back.)
 	down := &downlink{h: h, agent: a.ID, w: stream,
 		from: down{seq: a.DownSeq, pledgeHWM: hello.PledgeHWM, feedbackHWM: hello.FeedbackHWM}}
 	if err := down.send(); err != nil {

@@ -305,7 +305,13 @@ var attachmentFile = regexp.MustCompile(`^(.+)` + protocol.AttachmentFileInfix +
 func (h *Hub) ImportFile(path string) (Result, error) {
 	m := attachmentFile.FindStringSubmatch(filepath.Base(path))
 	if m == nil {
-		return h.IntakeFile(path)
+		res, err := h.IntakeFile(path)
+		if err == nil && (res.State == protocol.AckApplied || res.State == protocol.AckDuplicate) {
+			// An upload of the same bundle cut off earlier will not be
+			// resumed: the agent sends only bundles after the hub's mark.
+			h.removePartial(fmt.Sprintf("%s-%d", res.Agent, res.Seq))
+		}
+		return res, err
 	}
 	res := Result{File: filepath.Base(path), Agent: m[1]}
 	agentID, sum := m[1], m[2]
