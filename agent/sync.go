@@ -164,6 +164,8 @@ func (a *Agent) session(ctx context.Context, conn *quic.Conn, opts SyncOptions, 
 		if err != nil {
 			return res, err
 		}
+		// The rest, past what a hub takes in one session, in the next one.
+		pending = pending[:min(len(pending), protocol.MaxBlobOffers)]
 		offers = slices.Collect(slices.Chunk(pending, protocol.MaxBlobQuery))
 	}
 	for _, batch := range offers {

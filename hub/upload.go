@@ -41,17 +41,13 @@ type upload struct {
 	wanted    map[string]int64
 	scannedTo uint64
 	// offered are the attachments the agent offered in this session (at
-	// most maxOffered): the only ones whose chunks it may send.
+	// most protocol.MaxBlobOffers): the only ones whose chunks it may send.
 	offered map[string]bool
 	// answered are attachments refused, or found held already, before
 	// their last chunk: their further chunks, already on their way, are
 	// dropped.
 	answered map[string]bool
 }
-
-// maxOffered bounds the attachments one session may offer, and so what the
-// hub keeps in memory about them.
-const maxOffered = 64 * protocol.MaxBlobQuery
 
 func (u *upload) close() {
 	if u.part != nil {
@@ -146,8 +142,8 @@ func (u *upload) blobQuery(q *protocol.BlobQuery) error {
 	}
 	need := &protocol.BlobNeed{Blobs: []protocol.BlobWant{}}
 	for _, b := range q.Blobs {
-		if !u.offered[b.Hash] && len(u.offered) >= maxOffered {
-			return &sessionError{protocol.CodeTooLarge, fmt.Sprintf("more than %d attachments offered in one session", maxOffered)}
+		if !u.offered[b.Hash] && len(u.offered) >= protocol.MaxBlobOffers {
+			return &sessionError{protocol.CodeTooLarge, fmt.Sprintf("more than %d attachments offered in one session", protocol.MaxBlobOffers)}
 		}
 		u.offered[b.Hash] = true
 		size, ok, err := u.named(b.Hash)

@@ -26,6 +26,10 @@ const AttachmentFileInfix = "-att-"
 const (
 	// MaxBlobQuery bounds the attachments offered in one BlobQuery.
 	MaxBlobQuery = 512
+	// MaxBlobOffers bounds the attachments offered in one session, and so
+	// what a hub keeps about them; an agent with more offers the rest in
+	// its next session.
+	MaxBlobOffers = 64 * MaxBlobQuery
 )
 
 // BlobRef names an attachment by content hash and size.
