@@ -152,9 +152,6 @@ func (a *Agent) session(ctx context.Context, conn *quic.Conn, opts SyncOptions, 
 	if err != nil {
 		return res, err
 	}
-	if err := protocol.WriteMessage(stream, hello); err != nil {
-		return res, fmt.Errorf("send hello: %w", err)
-	}
 	// The attachments the hub may lack are offered right behind the
 	// hello, so that its answer comes back beside the HelloOK instead of a
 	// round trip after the bundles.
@@ -168,15 +165,15 @@ func (a *Agent) session(ctx context.Context, conn *quic.Conn, opts SyncOptions, 
 		pending = pending[:min(len(pending), protocol.MaxBlobOffers)]
 		offers = slices.Collect(slices.Chunk(pending, protocol.MaxBlobQuery))
 	}
-	for _, batch := range offers {
-		if err := protocol.WriteMessage(stream, &protocol.BlobQuery{Blobs: batch}); err != nil {
-			return res, fmt.Errorf("offer attachments: %w", err)
-		}
+	if err := protocol.WriteMessage(stream, hello); err != nil {
+		return res, fmt.Errorf("send hello: %w", err)
 	}
 
-	// A reader goroutine takes the hub's answers (the HelloOK, then
-	// acknowledgements while later bundles still go out, attachment
-	// answers, hub bundles) so the link never idles waiting for one.
+	// A reader goroutine takes the hub's answers (the HelloOK, attachment
+	// answers, acknowledgements while later bundles still go out, hub
+	// bundles) so the link never idles waiting for one. It starts before
+	// the offers go: the hub answers each as it reads it, and would stop
+	// reading if its answers were not read.
 	helloOK := make(chan *protocol.HelloOK, 1)
 	acks := make(chan error, 1)
 	needs := make(chan *protocol.BlobNeed, len(offers))
@@ -201,6 +198,11 @@ func (a *Agent) session(ctx context.Context, conn *quic.Conn, opts SyncOptions, 
 		// The reader must end before res is returned: it writes to it.
 		wg.Wait()
 		return res, *readerFailed.Load()
+	}
+	for _, batch := range offers {
+		if err := protocol.WriteMessage(stream, &protocol.BlobQuery{Blobs: batch}); err != nil {
+			return abort(fmt.Errorf("offer attachments: %w", err))
+		}
 	}
 
 	// The bundles and attachments go out at once, before the HelloOK and
