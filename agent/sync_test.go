@@ -529,11 +529,8 @@ func TestSyncStopsAtRefusal(t *testing.T) {
 // first is left alone. Replacing a silent session is TestClaim's (hub).
 func TestSyncBesideLiveSession(t *testing.T) {
 	t.Parallel()
-	f, ctx := loopback(t)
+	f, ctx := enrolled(t)
 	a := f.a
-	if _, err := a.Sync(ctx, SyncOptions{}); err != nil { // enrols
-		t.Fatal(err)
-	}
 
 	live, r := helloSession(t, ctx, a)
 	_, err := a.Sync(ctx, SyncOptions{})
@@ -589,6 +586,16 @@ func loopback(t *testing.T) (*fixture, context.Context) {
 	f.a.id.HubAddr = serve(t, f.hub)
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	t.Cleanup(cancel)
+	return f, ctx
+}
+
+// enrolled is loopback with the agent's first sync (its enrolment) done.
+func enrolled(t *testing.T) (*fixture, context.Context) {
+	t.Helper()
+	f, ctx := loopback(t)
+	if _, err := f.a.Sync(ctx, SyncOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	return f, ctx
 }
 
@@ -683,11 +690,8 @@ func TestSyncShowsTransfer(t *testing.T) {
 // progress at once, with a code the agent turns into words.
 func TestRevokeEndsSession(t *testing.T) {
 	t.Parallel()
-	f, ctx := loopback(t)
+	f, ctx := enrolled(t)
 	a := f.a
-	if _, err := a.Sync(ctx, SyncOptions{}); err != nil { // enrols
-		t.Fatal(err)
-	}
 	_, r := helloSession(t, ctx, a)
 	if _, err := f.hub.Revoke(a.Identity().AgentID, "device captured"); err != nil {
 		t.Fatal(err)
@@ -706,11 +710,8 @@ func TestRevokeEndsSession(t *testing.T) {
 // goes down.
 func TestDownBundleIsNotAcknowledged(t *testing.T) {
 	t.Parallel()
-	f, ctx := loopback(t)
+	f, ctx := enrolled(t)
 	a := f.a
-	if _, err := a.Sync(ctx, SyncOptions{}); err != nil { // enrols
-		t.Fatal(err)
-	}
 	if _, err := f.hub.AddPledges([]protocol.Pledge{pledge(testSite, 4)}); err != nil {
 		t.Fatal(err)
 	}
@@ -752,11 +753,8 @@ func TestDownBundleIsNotAcknowledged(t *testing.T) {
 // (TestBlobChunksAnsweredEarly, at the hub, has one that was not offered.)
 func TestAttachmentsOfferedBeforeTheirRecords(t *testing.T) {
 	t.Parallel()
-	f, ctx := loopback(t)
+	f, ctx := enrolled(t)
 	a := f.a
-	if _, err := a.Sync(ctx, SyncOptions{}); err != nil { // enrols
-		t.Fatal(err)
-	}
 	content := bytes.Repeat([]byte("waybill scan "), 1000)
 	scan := filepath.Join(t.TempDir(), "waybill.jpg")
 	if err := os.WriteFile(scan, content, 0o600); err != nil {
@@ -844,11 +842,8 @@ func TestAttachmentsOfferedBeforeTheirRecords(t *testing.T) {
 // when no upload was cut off.
 func TestSyncResumesAfterCut(t *testing.T) {
 	t.Parallel()
-	f, ctx := loopback(t)
+	f, ctx := enrolled(t)
 	a := f.a
-	if _, err := a.Sync(ctx, SyncOptions{}); err != nil { // enrols
-		t.Fatal(err)
-	}
 	content := make([]byte, 4*ChunkSize+10)
 	rand.Read(content)
 	scan := filepath.Join(t.TempDir(), "photo.jpg")
