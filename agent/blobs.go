@@ -29,13 +29,11 @@ func (a *Agent) pendingBlobs() ([]protocol.BlobRef, error) {
 			return err
 		}
 		seen := map[string]bool{}
-		it, err := txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, a.id.AgentID, uint64(0))
-		if err != nil {
-			return err
-		}
-		for obj := it.Next(); obj != nil; obj = it.Next() {
-			r := obj.(*protocol.Record)
-			if r.Agent != a.id.AgentID || r.Seq > pts.sealed {
+		for r, err := range ledger.RecordsOf(txn).OfAgent(a.id.AgentID, 0) {
+			if err != nil {
+				return err
+			}
+			if r.Seq > pts.sealed {
 				break
 			}
 			for _, att := range r.Attachments {

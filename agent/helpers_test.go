@@ -231,9 +231,8 @@ func lastSeq(t *testing.T, a *Agent) uint64 {
 	t.Helper()
 	var seq uint64
 	err := a.led.Read(func(txn *memdb.Txn) error {
-		var err error
-		seq, err = ledger.LastSeq(txn, a.id.AgentID)
-		return err
+		seq = ledger.RecordsOf(txn).LastSeq(a.id.AgentID)
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -69,10 +69,7 @@ func (a *Agent) AddBatch(recs []protocol.Record, attach [][]string, key string) 
 				return nil
 			}
 		}
-		seq, err := ledger.LastSeq(tx.Txn, a.id.AgentID)
-		if err != nil {
-			return err
-		}
+		seq := ledger.RecordsOf(tx.Txn).LastSeq(a.id.AgentID)
 		ids := make([]string, len(recs))
 		for i := range recs {
 			rec := &recs[i]
@@ -181,11 +178,20 @@ func (a *Agent) checkAgainstState(txn *memdb.Txn, rec *protocol.Record) error {
 
 // findRecord looks a record up by id or by an unambiguous id prefix.
 func findRecord(txn *memdb.Txn, id string) (*protocol.Record, error) {
-	obj, err := findByPrefix(txn, ledger.TableRecords, strings.ToUpper(id))
-	if err != nil {
-		return nil, fmt.Errorf("record %q: %w", id, err)
+	recs := ledger.RecordsOf(txn)
+	want := strings.ToUpper(id)
+	r, err := recs.ByID(want)
+	if err != nil || r != nil {
+		return r, err
 	}
-	return obj.(*protocol.Record), nil
+	switch ids := recs.IDsWithPrefix(want, 2); len(ids) {
+	case 0:
+		return nil, fmt.Errorf("record %q: %w", id, ErrNotFound)
+	case 1:
+		return recs.ByID(ids[0])
+	default:
+		return nil, fmt.Errorf("record %q: ambiguous: several ids start with it; give more characters", id)
+	}
 }
 
 // normalPledgeID folds what an engineer may type for a pledge id into the
@@ -234,13 +240,9 @@ func findByPrefix(txn *memdb.Txn, table, id string) (any, error) {
 }
 
 func isVoided(txn *memdb.Txn, id string) (bool, error) {
-	it, err := txn.Get(ledger.TableRecords, ledger.IndexTarget, id)
-	if err != nil {
-		return false, err
-	}
-	for obj := it.Next(); obj != nil; obj = it.Next() {
-		if obj.(*protocol.Record).Type == protocol.TypeVoid {
-			return true, nil
+	for r, err := range ledger.RecordsOf(txn).Correcting(id) {
+		if err != nil || r.Type == protocol.TypeVoid {
+			return err == nil, err
 		}
 	}
 	return false, nil
@@ -256,7 +258,7 @@ type PledgeView struct {
 }
 
 func pledgeView(txn *memdb.Txn, p *protocol.Pledge) (PledgeView, error) {
-	t, err := ledger.PledgeTotals(txn, p.ID)
+	t, err := ledger.RecordsOf(txn).PledgeTotals(p.ID)
 	if err != nil {
 		return PledgeView{}, err
 	}
@@ -353,18 +355,14 @@ func (a *Agent) Records(pending bool) ([]RecordView, error) {
 				bundleNotes[f.Bundle] = f
 			}
 		}
-		it, err := txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, a.id.AgentID, from)
-		if err != nil {
-			return err
-		}
-		for obj := it.Next(); obj != nil; obj = it.Next() {
-			rec := obj.(*protocol.Record)
-			if rec.Agent != a.id.AgentID {
-				break
+		recs := ledger.RecordsOf(txn)
+		for rec, err := range recs.OfAgent(a.id.AgentID, from) {
+			if err != nil {
+				return err
 			}
 			v := RecordView{Record: *rec}
 			if rec.Type != protocol.TypeAmendment && rec.Type != protocol.TypeVoid {
-				eff, voided, err := ledger.Effective(txn, rec)
+				eff, voided, err := recs.Effective(rec)
 				if err != nil {
 					return err
 				}

@@ -84,7 +84,7 @@ func (a *Agent) waitForWork(ctx context.Context, wait time.Duration, backingOff 
 	ws := memdb.NewWatchSet()
 	var pending bool
 	err := a.led.Read(func(txn *memdb.Txn) error {
-		ch, last, err := txn.LastWatch(ledger.TableRecords, ledger.IndexID)
+		ch, err := ledger.WatchRecords(txn)
 		if err != nil {
 			return err
 		}
@@ -93,9 +93,7 @@ func (a *Agent) waitForWork(ctx context.Context, wait time.Duration, backingOff 
 		if err != nil {
 			return err
 		}
-		if r, ok := last.(*protocol.Record); ok && r.Seq > st.sealed {
-			pending = true
-		}
+		pending = ledger.RecordsOf(txn).LastSeq(a.id.AgentID) > st.sealed
 		return nil
 	})
 	if err != nil {

@@ -69,14 +69,12 @@ func (a *Agent) sealOne() (bool, error) {
 		if last != nil {
 			from = last.LastSeq + 1
 		}
-		it, err := txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, a.id.AgentID, from)
-		if err != nil {
-			return err
-		}
 		raw := 0
-		for obj := it.Next(); obj != nil && len(recs) < MaxRecordsPerBundle; obj = it.Next() {
-			r := obj.(*protocol.Record)
-			if r.Agent != a.id.AgentID {
+		for r, err := range ledger.RecordsOf(txn).OfAgent(a.id.AgentID, from) {
+			if err != nil {
+				return err
+			}
+			if len(recs) == MaxRecordsPerBundle {
 				break
 			}
 			// Records with thousands of serials are large: cap the bytes

@@ -120,15 +120,10 @@ func (a *Agent) Status() (Status, error) {
 		for _, b := range pts.bundles {
 			s.UnsyncedBytes += b.Size
 		}
-		it, err := txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, a.id.AgentID, uint64(0))
-		if err != nil {
-			return err
-		}
 		seen := map[string]bool{}
-		for obj := it.Next(); obj != nil; obj = it.Next() {
-			r := obj.(*protocol.Record)
-			if r.Agent != a.id.AgentID {
-				break
+		for r, err := range ledger.RecordsOf(txn).OfAgent(a.id.AgentID, 0) {
+			if err != nil {
+				return err
 			}
 			s.Records++
 			for _, att := range r.Attachments {

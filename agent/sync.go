@@ -581,11 +581,10 @@ func (a *Agent) oldestUnsynced(txn *memdb.Txn) (time.Time, error) {
 	if err != nil {
 		return time.Time{}, err
 	}
-	it, err := txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, a.id.AgentID, st.acked+1)
-	if err != nil {
-		return time.Time{}, err
-	}
-	if r, ok := it.Next().(*protocol.Record); ok && r.Agent == a.id.AgentID {
+	for r, err := range ledger.RecordsOf(txn).OfAgent(a.id.AgentID, st.acked+1) {
+		if err != nil {
+			return time.Time{}, err
+		}
 		return r.At, nil
 	}
 	return time.Time{}, nil

@@ -50,9 +50,10 @@ func recordDiscrepancies(txn *memdb.Txn, rec *protocol.Record, withTotals bool) 
 			p = obj.(*protocol.Pledge)
 		}
 	}
+	recs := ledger.RecordsOf(txn)
 	out := ownDiscrepancies(nil, rec, p)
 	if withTotals && p != nil && !p.Cancelled && p.Site == rec.Site && isReport(rec) {
-		total, err := ledger.PledgeTotals(txn, p.ID)
+		total, err := recs.PledgeTotals(p.ID)
 		if err != nil {
 			return nil, err
 		}
@@ -63,7 +64,7 @@ func recordDiscrepancies(txn *memdb.Txn, rec *protocol.Record, withTotals bool) 
 			out = appendDiscrepancy(out, rec, DiscOver, "received %d of %d pledged", total.Received, p.Qty)
 		}
 	}
-	return serialDiscrepancies(out, rec, func(serial string) (string, error) { return serialElsewhere(txn, serial, rec.Site) })
+	return serialDiscrepancies(out, rec, func(serial string) (string, error) { return serialElsewhere(recs, serial, rec.Site) })
 }
 
 // isReport reports whether a record reports something (a delivery, a
@@ -175,29 +176,26 @@ func checkRecord(txn *memdb.Txn, rec *protocol.Record, fb *feedbackWriter) error
 // serialElsewhere returns another site that reported the serial, if any.
 // Voided records do not count, nor records whose serials were corrected
 // since: only what a site stands by now.
-func serialElsewhere(txn *memdb.Txn, serial, site string) (string, error) {
-	it, err := txn.Get(ledger.TableRecords, ledger.IndexSerial, serial)
-	if err != nil {
-		return "", err
-	}
-	for obj := it.Next(); obj != nil; obj = it.Next() {
-		r := obj.(*protocol.Record)
+func serialElsewhere(recs ledger.Records, serial, site string) (string, error) {
+	for r, err := range recs.WithSerial(serial) {
+		if err != nil {
+			return "", err
+		}
 		if r.Site == site {
 			continue
 		}
 		if r.Type == protocol.TypeAmendment {
 			// The amended record is what counts.
-			tobj, err := txn.First(ledger.TableRecords, ledger.IndexID, r.Target)
+			t, err := recs.ByID(r.Target)
 			if err != nil {
 				return "", err
 			}
-			t, ok := tobj.(*protocol.Record)
-			if !ok {
+			if t == nil {
 				continue
 			}
 			r = t
 		}
-		eff, voided, err := ledger.Effective(txn, r)
+		eff, voided, err := recs.Effective(r)
 		if err != nil {
 			return "", err
 		}

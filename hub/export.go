@@ -106,7 +106,7 @@ func exportRow(txn *memdb.Txn, r *protocol.Record, sites map[string]*ledger.Site
 	default:
 		var voided bool
 		var err error
-		eff, voided, err = ledger.Effective(txn, r)
+		eff, voided, err = ledger.RecordsOf(txn).Effective(r)
 		if err != nil {
 			return row, err
 		}

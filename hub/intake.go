@@ -185,6 +185,13 @@ func (h *Hub) apply(b *protocol.Bundle) (int, error) {
 			}
 		}
 		lastOf := map[string]*protocol.Record{} // pledge → its last record in this bundle
+		if len(b.RecordJSON) == len(b.Records) {
+			size := 0
+			for _, j := range fresh {
+				size += len(b.RecordJSON[j]) + 24 // and its framing
+			}
+			tx.Grow(size)
+		}
 		for _, j := range fresh {
 			if err := putRecord(tx, b, j); err != nil {
 				return err
@@ -211,7 +218,7 @@ func (h *Hub) apply(b *protocol.Bundle) (int, error) {
 			if !ok || p.Site != a.Site {
 				continue
 			}
-			t, err := ledger.PledgeTotals(tx.Txn, id)
+			t, err := ledger.RecordsOf(tx.Txn).PledgeTotals(id)
 			if err != nil {
 				return err
 			}
@@ -254,6 +261,7 @@ func newRecords(txn *memdb.Txn, a *ledger.Agent, recs []protocol.Record) ([]int,
 	}
 	fresh := make([]int, 0, len(recs))
 	ids := make(map[string]bool, len(recs))
+	stored := ledger.RecordsOf(txn)
 	for i := range recs {
 		rec := &recs[i]
 		if rec.Agent != a.ID || rec.Site != a.Site {
@@ -263,17 +271,17 @@ func newRecords(txn *memdb.Txn, a *ledger.Agent, recs []protocol.Record) ([]int,
 			return nil, quarantine("record id %s is already used by another record", rec.ID)
 		}
 		ids[rec.ID] = true
-		old, err := txn.First(ledger.TableRecords, ledger.IndexSeq, rec.Agent, rec.Seq)
+		old, err := stored.At(rec.Agent, rec.Seq)
 		if err != nil {
 			return nil, err
 		}
 		if old != nil {
-			if old.(*protocol.Record).ID != rec.ID {
+			if old.ID != rec.ID {
 				return nil, quarantine("record %d of agent %s was already applied with another id", rec.Seq, rec.Agent)
 			}
 			continue
 		}
-		if dup, err := txn.First(ledger.TableRecords, ledger.IndexID, rec.ID); err != nil {
+		if dup, err := stored.ByID(rec.ID); err != nil {
 			return nil, err
 		} else if dup != nil {
 			return nil, quarantine("record id %s is already used by another record", rec.ID)

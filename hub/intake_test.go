@@ -29,7 +29,20 @@ func hubState(t *testing.T, h *Hub) map[string][]string {
 	t.Helper()
 	out := map[string][]string{}
 	err := h.led.Read(func(txn *memdb.Txn) error {
+		for r, err := range ledger.RecordsOf(txn).All() {
+			if err != nil {
+				return err
+			}
+			raw, err := json.Marshal(r)
+			if err != nil {
+				return err
+			}
+			out[ledger.TableRecords] = append(out[ledger.TableRecords], string(raw))
+		}
 		for table := range ledger.Schema().Tables {
+			if table == ledger.TableRecords {
+				continue // above: the table holds only their count
+			}
 			it, err := txn.Get(table, ledger.IndexID)
 			if err != nil {
 				return err

@@ -609,48 +609,24 @@ func (a *statusAgg) loadRows(txn *memdb.Txn, changed [watchTables]bool) error {
 
 // eachNewRecord calls fn for every record not taken in yet, agent by agent
 // in sequence order, and moves each agent's mark on. Records are never
-// rewritten or deleted, so an agent's new records are those past its mark
-// in the (agent, seq) index: one seek per agent finds them.
+// rewritten or deleted, so an agent's new records are those past its mark:
+// one seek per agent finds them.
 func (a *statusAgg) eachNewRecord(txn *memdb.Txn, fn func(r *protocol.Record) error) error {
-	it, err := txn.Get(ledger.TableRecords, ledger.IndexSeq)
-	if err != nil {
-		return err
-	}
-	// The marks are looked up and moved once per agent, not per record.
-	var agent string
-	var mark, last uint64
-	var seen, moved bool
-	obj := it.Next()
-	for obj != nil {
-		r := obj.(*protocol.Record)
-		if r.Agent != agent {
-			if moved {
-				a.marks[agent] = last
-			}
-			agent, moved = r.Agent, false
-			mark, seen = a.marks[agent]
+	recs := ledger.RecordsOf(txn)
+	for _, agent := range recs.Agents() {
+		from := uint64(0)
+		if mark, seen := a.marks[agent]; seen {
+			from = mark + 1
 		}
-		if seen && r.Seq <= mark {
-			// Seek past what was taken in: to the agent's next record, or
-			// to the next agent's first.
-			if it, err = txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, agent, mark); err != nil {
+		for r, err := range recs.OfAgent(agent, from) {
+			if err != nil {
 				return err
 			}
-			if obj = it.Next(); obj != nil {
-				if n := obj.(*protocol.Record); n.Agent == agent && n.Seq == mark {
-					obj = it.Next()
-				}
+			if err := fn(r); err != nil {
+				return err
 			}
-			continue
+			a.marks[agent] = r.Seq
 		}
-		if err := fn(r); err != nil {
-			return err
-		}
-		last, moved = r.Seq, true
-		obj = it.Next()
-	}
-	if moved {
-		a.marks[agent] = last
 	}
 	return nil
 }
@@ -682,13 +658,10 @@ func buildStatusAgg(txn *memdb.Txn) (*statusAgg, error) {
 	a.reordered = true
 
 	// Records with corrections: only they need ledger.Effective.
+	recs := ledger.RecordsOf(txn)
 	corrected := map[string]bool{}
-	tit, err := txn.Get(ledger.TableRecords, ledger.IndexTarget)
-	if err != nil {
-		return nil, err
-	}
-	for obj := tit.Next(); obj != nil; obj = tit.Next() {
-		corrected[obj.(*protocol.Record).Target] = true
+	for _, id := range recs.Corrected() {
+		corrected[id] = true
 	}
 
 	// Serial numbers are checked against other sites after the pass, and
@@ -718,7 +691,7 @@ func buildStatusAgg(txn *memdb.Txn) (*statusAgg, error) {
 		}
 		eff := r
 		if corrected[r.ID] {
-			e, voided, err := ledger.Effective(txn, r)
+			e, voided, err := recs.Effective(r)
 			if err != nil || voided {
 				return err
 			}
@@ -743,14 +716,14 @@ func buildStatusAgg(txn *memdb.Txn) (*statusAgg, error) {
 		return nil, err
 	}
 	for _, c := range corrections {
-		t, err := txn.First(ledger.TableRecords, ledger.IndexID, c.Target)
+		t, err := recs.ByID(c.Target)
 		if err != nil {
 			return nil, err
 		}
 		if t == nil {
 			a.orphans[c.Target] = append(a.orphans[c.Target], c.Site)
 		} else {
-			a.attribute(t.(*protocol.Record).Pledge, c.Site)
+			a.attribute(t.Pledge, c.Site)
 		}
 	}
 	for _, w := range withSerials {
@@ -759,7 +732,7 @@ func buildStatusAgg(txn *memdb.Txn) (*statusAgg, error) {
 				// No record but this one states it.
 				return "", nil
 			}
-			return serialElsewhere(txn, s, w.eff.Site)
+			return serialElsewhere(recs, s, w.eff.Site)
 		})
 		if err != nil {
 			return nil, err
@@ -799,6 +772,7 @@ func (a *statusAgg) update(txn *memdb.Txn) error {
 	if !changed[watchRecords] && !changed[watchPledges] {
 		return nil
 	}
+	recs := ledger.RecordsOf(txn)
 	resum := map[*pledgeAgg]bool{}         // pledges to sum again from their records
 	dirty := map[string]*protocol.Record{} // reports whose discrepancies to find again
 	serials := map[string]bool{}           // serial numbers whose reports to check again
@@ -820,12 +794,11 @@ func (a *statusAgg) update(txn *memdb.Txn) error {
 			resum[pa], moved[pa] = true, true
 			a.knowSite(p.Site)
 			tail = append(tail, pa)
-			rit, err := txn.Get(ledger.TableRecords, ledger.IndexPledge, p.ID)
-			if err != nil {
-				return err
-			}
-			for obj := rit.Next(); obj != nil; obj = rit.Next() {
-				if r := obj.(*protocol.Record); !isCorrection(r) {
+			for r, err := range recs.Naming(p.ID) {
+				if err != nil {
+					return err
+				}
+				if !isCorrection(r) {
 					dirty[r.ID] = r
 				}
 			}
@@ -876,15 +849,14 @@ func (a *statusAgg) update(txn *memdb.Txn) error {
 			}
 		}
 		for _, c := range corrections {
-			obj, err := txn.First(ledger.TableRecords, ledger.IndexID, c.Target)
+			t, err := recs.ByID(c.Target)
 			if err != nil {
 				return err
 			}
-			if obj == nil {
+			if t == nil {
 				a.orphans[c.Target] = append(a.orphans[c.Target], c.Site)
 				continue
 			}
-			t := obj.(*protocol.Record)
 			a.attribute(t.Pledge, c.Site)
 			if fresh[t.ID] {
 				continue // taken in whole below
@@ -907,21 +879,19 @@ func (a *statusAgg) update(txn *memdb.Txn) error {
 	// Whether a serial number was reported at another site depends on every
 	// record that states it.
 	for s := range serials {
-		it, err := txn.Get(ledger.TableRecords, ledger.IndexSerial, s)
-		if err != nil {
-			return err
-		}
-		for obj := it.Next(); obj != nil; obj = it.Next() {
-			r := obj.(*protocol.Record)
+		for r, err := range recs.WithSerial(s) {
+			if err != nil {
+				return err
+			}
 			if r.Type == protocol.TypeAmendment {
-				t, err := txn.First(ledger.TableRecords, ledger.IndexID, r.Target)
+				t, err := recs.ByID(r.Target)
 				if err != nil {
 					return err
 				}
 				if t == nil {
 					continue
 				}
-				r = t.(*protocol.Record)
+				r = t
 			}
 			if !isCorrection(r) {
 				dirty[r.ID] = r
@@ -936,7 +906,7 @@ func (a *statusAgg) update(txn *memdb.Txn) error {
 	}
 	replaced := map[string][2][]storedDisc{}
 	for id, r := range dirty {
-		eff, voided, err := ledger.Effective(txn, r)
+		eff, voided, err := recs.Effective(r)
 		if err != nil {
 			return err
 		}
@@ -953,7 +923,7 @@ func (a *statusAgg) update(txn *memdb.Txn) error {
 				p = pa.p
 			}
 			ds = ownDiscrepancies(nil, &eff, p)
-			if ds, err = serialDiscrepancies(ds, &eff, func(s string) (string, error) { return serialElsewhere(txn, s, eff.Site) }); err != nil {
+			if ds, err = serialDiscrepancies(ds, &eff, func(s string) (string, error) { return serialElsewhere(recs, s, eff.Site) }); err != nil {
 				return err
 			}
 		}
@@ -975,12 +945,11 @@ func fixSerials(txn *memdb.Txn, r *protocol.Record, serials map[string]bool) err
 	for _, s := range r.Serials {
 		serials[s] = true
 	}
-	it, err := txn.Get(ledger.TableRecords, ledger.IndexTarget, r.ID)
-	if err != nil {
-		return err
-	}
-	for obj := it.Next(); obj != nil; obj = it.Next() {
-		for _, s := range obj.(*protocol.Record).Serials {
+	for c, err := range ledger.RecordsOf(txn).Correcting(r.ID) {
+		if err != nil {
+			return err
+		}
+		for _, s := range c.Serials {
 			serials[s] = true
 		}
 	}
@@ -988,19 +957,18 @@ func fixSerials(txn *memdb.Txn, r *protocol.Record, serials map[string]bool) err
 }
 
 // resum sums a pledge again from the records that name it, as
-// ledger.PledgeTotals does.
+// ledger.Records.PledgeTotals does.
 func (a *statusAgg) resum(txn *memdb.Txn, pa *pledgeAgg) error {
 	pa.totals, pa.latest, pa.latestHome = ledger.Totals{}, nil, nil
-	it, err := txn.Get(ledger.TableRecords, ledger.IndexPledge, pa.id)
-	if err != nil {
-		return err
-	}
-	for obj := it.Next(); obj != nil; obj = it.Next() {
-		r := obj.(*protocol.Record)
+	recs := ledger.RecordsOf(txn)
+	for r, err := range recs.Naming(pa.id) {
+		if err != nil {
+			return err
+		}
 		if isCorrection(r) {
 			continue
 		}
-		eff, voided, err := ledger.Effective(txn, r)
+		eff, voided, err := recs.Effective(r)
 		if err != nil {
 			return err
 		}
@@ -1605,13 +1573,13 @@ func mergeDiscs(x, y []Discrepancy) []Discrepancy {
 // eachRecord calls fn for every record, or for every record of one site
 // (through its agents: a record's site is its agent's).
 func eachRecord(txn *memdb.Txn, site string, fn func(r *protocol.Record) error) error {
+	recs := ledger.RecordsOf(txn)
 	if site == "" {
-		it, err := txn.Get(ledger.TableRecords, ledger.IndexSeq)
-		if err != nil {
-			return err
-		}
-		for obj := it.Next(); obj != nil; obj = it.Next() {
-			if err := fn(obj.(*protocol.Record)); err != nil {
+		for r, err := range recs.All() {
+			if err != nil {
+				return err
+			}
+			if err := fn(r); err != nil {
 				return err
 			}
 		}
@@ -1626,14 +1594,9 @@ func eachRecord(txn *memdb.Txn, site string, fn func(r *protocol.Record) error) 
 		agents = append(agents, obj.(*ledger.Agent).ID)
 	}
 	for _, a := range agents {
-		it, err := txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, a, uint64(0))
-		if err != nil {
-			return err
-		}
-		for obj := it.Next(); obj != nil; obj = it.Next() {
-			r := obj.(*protocol.Record)
-			if r.Agent != a {
-				break
+		for r, err := range recs.OfAgent(a, 0) {
+			if err != nil {
+				return err
 			}
 			if r.Site != site {
 				continue

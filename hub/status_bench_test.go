@@ -346,7 +346,7 @@ func firstDiff(got, want []byte) string {
 
 // refAggregate is the status as Status computed it before it kept an
 // aggregate: every record and pledge walked on every call, with
-// ledger.Effective per record and ledger.PledgeTotals per pledge. It is the
+// Records.Effective per record and Records.PledgeTotals per pledge. It is the
 // baseline of BenchmarkStatus and the oracle of TestStatusIncremental.
 func refAggregate(txn *memdb.Txn, f StatusFilter, now time.Time) (*Status, error) {
 	st := &Status{Generated: now.Truncate(time.Second), Sites: []SiteStatus{}, Donors: []DonorStatus{},
@@ -401,11 +401,10 @@ func refAggregate(txn *memdb.Txn, f StatusFilter, now time.Time) (*Status, error
 		if r.Type == protocol.TypeAmendment || r.Type == protocol.TypeVoid {
 			// A correction belongs where the record it corrects does.
 			if f.Donor != "" {
-				tobj, err := txn.First(ledger.TableRecords, ledger.IndexID, r.Target)
+				t, err := ledger.RecordsOf(txn).ByID(r.Target)
 				if err != nil {
 					return err
 				}
-				t, _ := tobj.(*protocol.Record)
 				if t == nil {
 					return nil
 				}
@@ -426,7 +425,7 @@ func refAggregate(txn *memdb.Txn, f StatusFilter, now time.Time) (*Status, error
 		}
 		siteOf(r.Site).Records++
 		st.Totals.Records++
-		eff, voided, err := ledger.Effective(txn, r)
+		eff, voided, err := ledger.RecordsOf(txn).Effective(r)
 		if err != nil {
 			return err
 		}
@@ -461,7 +460,7 @@ func refAggregate(txn *memdb.Txn, f StatusFilter, now time.Time) (*Status, error
 		if (f.Site != "" && p.Site != f.Site) || (f.Donor != "" && p.Donor != f.Donor) {
 			continue
 		}
-		t, err := ledger.PledgeTotals(txn, p.ID)
+		t, err := ledger.RecordsOf(txn).PledgeTotals(p.ID)
 		if err != nil {
 			return nil, err
 		}
@@ -660,28 +659,26 @@ func refRecordDiscrepancies(txn *memdb.Txn, rec *protocol.Record) ([]Discrepancy
 
 // refSerialElsewhere is serialElsewhere as it was.
 func refSerialElsewhere(txn *memdb.Txn, serial, site string) (string, error) {
-	it, err := txn.Get(ledger.TableRecords, ledger.IndexSerial, serial)
-	if err != nil {
-		return "", err
-	}
-	for obj := it.Next(); obj != nil; obj = it.Next() {
-		r := obj.(*protocol.Record)
+	recs := ledger.RecordsOf(txn)
+	for r, err := range recs.WithSerial(serial) {
+		if err != nil {
+			return "", err
+		}
 		if r.Site == site {
 			continue
 		}
 		if r.Type == protocol.TypeAmendment {
 			// The amended record is what counts.
-			tobj, err := txn.First(ledger.TableRecords, ledger.IndexID, r.Target)
+			t, err := recs.ByID(r.Target)
 			if err != nil {
 				return "", err
 			}
-			t, ok := tobj.(*protocol.Record)
-			if !ok {
+			if t == nil {
 				continue
 			}
 			r = t
 		}
-		eff, voided, err := ledger.Effective(txn, r)
+		eff, voided, err := recs.Effective(r)
 		if err != nil {
 			return "", err
 		}

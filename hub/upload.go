@@ -238,14 +238,9 @@ func (u *upload) blobChunk(c *protocol.BlobChunk) error {
 // agentID after record seq from, and returns the highest seq it read.
 func (h *Hub) attachmentsOf(agentID string, from uint64, out map[string]int64) (uint64, error) {
 	err := h.led.Read(func(txn *memdb.Txn) error {
-		it, err := txn.LowerBound(ledger.TableRecords, ledger.IndexSeq, agentID, from+1)
-		if err != nil {
-			return err
-		}
-		for obj := it.Next(); obj != nil; obj = it.Next() {
-			r := obj.(*protocol.Record)
-			if r.Agent != agentID {
-				break
+		for r, err := range ledger.RecordsOf(txn).OfAgent(agentID, from+1) {
+			if err != nil {
+				return err
 			}
 			for _, a := range r.Attachments {
 				out[a.SHA256] = a.Size

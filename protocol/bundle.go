@@ -792,13 +792,18 @@ func decodeBody(b *Bundle, body []byte) error {
 	defer zr.Close()
 	lr := &capReader{r: zr, n: m.RawBodySize}
 	br := bufio.NewReaderSize(lr, 64<<10)
+	// Room for what the signed manifest announces, up to a bound: growing
+	// these as items come was a tenth of the cost of taking a large
+	// bundle in, and the bound keeps a bundle that announces more than it
+	// holds from costing more than a large real one.
+	var line, canon, lines []byte
 	switch m.Kind {
 	case KindRecords:
-		b.Records = make([]Record, 0, min(m.Count, 1024))
+		b.Records = make([]Record, 0, min(m.Count, 16<<10))
+		lines = make([]byte, 0, min(m.RawBodySize, 16<<20))
 	case KindHub:
 		b.Down = make([]DownItem, 0, min(m.Count, 1024))
 	}
-	var line, canon, lines []byte
 	var ends []int // where each record's line ends in lines
 	for i := 0; ; i++ {
 		line, err = readLine(br, line[:0])

@@ -38,11 +38,13 @@ const (
 // reader holds little.
 const snapshotChunk = 64 << 10
 
-// change is one decoded change: obj is a fresh object of the table's type.
+// change is one decoded change: obj is a fresh object of the table's type,
+// and for a record, raw is the JSON it was decoded from.
 type change struct {
 	table string
 	del   bool
 	obj   any
+	raw   []byte
 }
 
 // appendChange appends the encoding of one change to an entry. An empty
@@ -147,6 +149,7 @@ func decodeLegacy(data []byte, in *interner, fn func(change) error) error {
 func decodeChange(table string, del bool, data []byte, in *interner) (change, error) {
 	c := change{table: tableName(table), del: del}
 	if c.table == TableRecords {
+		c.raw = data
 		if r, ok := decodeRecord(data, in); ok {
 			c.obj = r
 			return c, nil
@@ -187,9 +190,10 @@ func tableName(s string) string {
 	return s
 }
 
-// applyChange applies one decoded change. It is the only place state
-// changes, for live writes, replay and snapshot loading alike; it uses no
-// clock and no randomness.
+// applyChange applies one decoded change to a table other than records
+// (see Txn.addRecord and load for those). It is the only place the other
+// tables change, for live writes, replay and snapshot loading alike; it
+// uses no clock and no randomness.
 func applyChange(txn *memdb.Txn, c change) error {
 	if c.del {
 		if err := txn.Delete(c.table, c.obj); err != nil && !errors.Is(err, memdb.ErrNotFound) {
@@ -249,22 +253,6 @@ const (
 )
 
 func newInterner() *interner { return &interner{m: make(map[string]string)} }
-
-// record makes the strings of r that decodeRecord shares (see
-// protocol.DecodeRecordJSON) shared with earlier equal ones, as if r had
-// been decoded.
-func (in *interner) record(r *protocol.Record) {
-	for _, s := range []*string{&r.Agent, &r.Site, (*string)(&r.Type), &r.Pledge, &r.Item, (*string)(&r.Rejection),
-		(*string)(&r.Condition), &r.ReceivedBy, &r.Role, &r.Course, &r.Date, &r.Provider, &r.Trainer} {
-		if *s != "" && len(*s) <= internMaxLen {
-			if shared, ok := in.m[*s]; ok {
-				*s = shared
-			} else if len(in.m) < internMaxEntries {
-				in.m[*s] = *s
-			}
-		}
-	}
-}
 
 // bytes returns b as a string, shared with earlier equal ones.
 func (in *interner) bytes(b []byte) string {

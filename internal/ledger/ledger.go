@@ -1,7 +1,9 @@
 // Package ledger is the durable, indexed state of an agent or a hub.
 //
-// State lives in go-memdb tables (see Schema); durability is a write-ahead
-// log (package wal). A write runs a function against a memdb write
+// State lives in go-memdb tables (see Schema), except the records
+// themselves, which live in a compact store of their own with one memdb row
+// saying how many a state has (see records.go and Records); durability is
+// a write-ahead log (package wal). A write runs a function against a memdb write
 // transaction; every object it puts or deletes is also encoded into one log
 // entry (see the format in entry.go), and what is applied to memdb is that
 // encoding decoded again, so that replay gives the same state (a record
@@ -23,8 +25,8 @@
 // read the state published when a Write ends, and a Write that fails
 // undoes the parts it committed.
 //
-// Agent and hub share the schema; Options.Role leaves out the indexes a
-// role never queries (see SchemaFor), which changes nothing on disk.
+// Agent and hub share the schema; Options.Role leaves out the indexes of
+// records a role never queries (see Role), which changes nothing on disk.
 //
 // Recovery loads the newest snapshot and replays the log after it through
 // the same apply function that live writes use, so the state after a
@@ -42,6 +44,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -64,11 +67,11 @@ import (
 // transactions of 1,024.
 const memdbChunk = 1024
 
-// indexLoad is how many entries obj puts into the index it fills most:
-// a record's serial numbers each have one; anything else has one per index.
+// indexLoad is how many entries obj puts into the memdb index it fills
+// most: one, or none for a record (its row is one key, changed in place).
 func indexLoad(obj any) int {
-	if r, ok := obj.(*protocol.Record); ok {
-		return max(1, len(r.Serials))
+	if _, ok := obj.(*protocol.Record); ok {
+		return 0
 	}
 	return 1
 }
@@ -94,8 +97,8 @@ type Options struct {
 	SnapshotEvery int
 	// NoSync skips fsync; for tests and benchmarks that measure other things.
 	NoSync bool
-	// Role decides which indexes the ledger keeps (see SchemaFor); the
-	// zero value, RoleHub, keeps them all. The data on disk does not
+	// Role decides which indexes of records the ledger keeps (see Role);
+	// the zero value, RoleHub, keeps them all. The data on disk does not
 	// depend on it.
 	Role   Role
 	Logger *slog.Logger
@@ -106,8 +109,9 @@ type Options struct {
 
 // Ledger is an open ledger. It is safe for concurrent use.
 type Ledger struct {
-	db  *memdb.MemDB
-	log *wal.Log
+	db      *memdb.MemDB
+	records *recordStore
+	log     *wal.Log
 	// published is db as of the end of the last Write (a memdb snapshot,
 	// sharing its trees): what Read and snapshots see. Guarded by mu.
 	published *memdb.MemDB
@@ -163,16 +167,16 @@ func Open(dir string, opts Options) (*Ledger, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create ledger directory: %w", err)
 	}
-	db, err := memdb.NewMemDB(SchemaFor(opts.Role))
+	db, err := memdb.NewMemDB(Schema())
 	if err != nil {
 		return nil, fmt.Errorf("ledger schema: %w", err)
 	}
-	l := &Ledger{db: db, dir: dir, opts: opts, lg: lg, in: newInterner(), done: make(chan struct{})}
+	l := &Ledger{db: db, records: newRecordStore(opts.Role), dir: dir, opts: opts, lg: lg, in: newInterner(), done: make(chan struct{})}
 	l.work.L = &l.mu
 	l.synced.L = &l.mu
 
 	start := time.Now()
-	rec, err := load(db, dir, opts, lg, l.in)
+	rec, err := load(db, l.records, dir, opts, lg, l.in)
 	if err != nil {
 		return nil, err
 	}
@@ -201,6 +205,8 @@ type Txn struct {
 	err   error           // the first failed change: the Write fails with it
 	load  int             // indexLoad of the changes in the current memdb transaction
 	done  []memdb.Changes // the changes of the memdb transactions committed so far
+	mark  *storeMark      // the record store before this Write's first record
+	live  bool            // the records row is live (see recordsRow)
 }
 
 // begin opens the memdb transaction that the next changes go to. It tracks
@@ -236,6 +242,12 @@ func (t *Txn) checkpoint() {
 // index sees two objects with one key.
 func (t *Txn) rollback() error {
 	t.Txn.Abort()
+	if t.mark != nil {
+		if err := t.l.records.restore(*t.mark); err != nil {
+			return err
+		}
+		t.mark = nil
+	}
 	if len(t.done) == 0 {
 		return nil
 	}
@@ -263,29 +275,66 @@ func (t *Txn) rollback() error {
 }
 
 // Put inserts or replaces obj in table. Objects read from memdb are shared
-// and immutable: copy one before changing it.
+// and immutable: copy one before changing it. A record (in TableRecords)
+// is never replaced: see PutRecord.
 func (t *Txn) Put(table string, obj any) error {
 	return t.change(table, obj, false)
 }
 
-// PutRecord puts r, a record decoded from raw by protocol.DecodeRecordJSON
-// or encoding/json (which agree wherever the first decodes), as a bundle's
-// records are. The log keeps raw as it is; replay decodes it, as it decodes
-// what Put logs, to the very record r is, so r is stored without Put's
-// encode and decode. PutRecord keeps a copy of r, not r itself.
+// PutRecord stores r, a record decoded from raw by
+// protocol.DecodeRecordJSON or encoding/json (which agree wherever the
+// first decodes), as a bundle's records are. The log and the store keep
+// raw as it is; replay decodes it, as it decodes what Put logs, to the very
+// record r is, so r is stored without Put's encode and decode. Records are
+// never replaced: one whose id or (agent, sequence number) is stored
+// already fails the Write.
 func (t *Txn) PutRecord(r *protocol.Record, raw []byte) error {
 	if t.err != nil {
 		return t.err
 	}
-	t.reserve(r)
-	c := *r
-	t.l.in.record(&c)
-	if err := applyChange(t.Txn, change{table: TableRecords, obj: &c}); err != nil {
+	if err := t.addRecord(r, raw); err != nil {
 		t.err = err
 		return err
 	}
 	t.entry = appendChange(t.entry, TableRecords, false, raw)
 	return nil
+}
+
+// Grow makes room in the Write's log entry for n more bytes of changes, for
+// a caller that knows how much it will put (a bundle's records): growing the
+// entry a step at a time copies it over and over.
+func (t *Txn) Grow(n int) {
+	if len(t.entry) == 0 {
+		n++ // the version byte
+	}
+	t.entry = slices.Grow(t.entry, n)
+}
+
+// addRecord adds r to the record store and the records row to the state.
+func (t *Txn) addRecord(r *protocol.Record, raw []byte) error {
+	if t.mark == nil {
+		m := t.l.records.mark()
+		t.mark = &m
+	}
+	if _, err := t.l.records.add(r, raw); err != nil {
+		return fmt.Errorf("store record %s: %w", r.ID, err)
+	}
+	if t.live {
+		return nil
+	}
+	t.live = true
+	return t.Txn.Insert(TableRecords, &recordsRow{Key: recordsRowKey, live: true, store: t.l.records})
+}
+
+// fixRecords ends the Write's live records row: the state it publishes
+// has the records there are now.
+func (t *Txn) fixRecords() error {
+	if !t.live {
+		return nil
+	}
+	t.live = false
+	n := uint32(t.l.records.mark().records)
+	return t.Txn.Insert(TableRecords, &recordsRow{Key: recordsRowKey, n: n, store: t.l.records})
 }
 
 // Insert is Put, so that memdb's Insert cannot bypass the log.
@@ -341,7 +390,14 @@ func (t *Txn) change(table string, obj any, del bool) error {
 		if err != nil {
 			return err
 		}
-		if err := applyChange(t.Txn, c); err != nil {
+		if c.table == TableRecords {
+			if c.del {
+				return errors.New("records are never deleted: void one with a record of its own")
+			}
+			if err := t.addRecord(c.obj.(*protocol.Record), raw); err != nil {
+				return err
+			}
+		} else if err := applyChange(t.Txn, c); err != nil {
 			return err
 		}
 		t.entry = appendChange(t.entry, table, del, raw)
@@ -392,6 +448,9 @@ func (l *Ledger) commit(fn func(tx *Txn) error) (uint64, error) {
 	err := fn(tx)
 	if err == nil {
 		err = tx.err
+	}
+	if err == nil {
+		err = tx.fixRecords()
 	}
 	if err != nil {
 		return 0, err
@@ -605,7 +664,29 @@ func (l *Ledger) snapshot() error {
 	objects := 0
 	err = wal.WriteSnapshot(l.dir, index, func(emit func([]byte) error) error {
 		var chunk []byte
+		add := func(table string, raw []byte) error {
+			chunk = appendChange(chunk, table, false, raw)
+			objects++
+			if len(chunk) < snapshotChunk {
+				return nil
+			}
+			if l.closing.Load() {
+				return errSnapshotAborted
+			}
+			err := emit(chunk)
+			chunk = chunk[:0]
+			return err
+		}
+		// Records first, in the order they were stored, which loading
+		// keeps.
+		err := RecordsOf(txn).eachJSON(func(raw []byte) error { return add(TableRecords, raw) })
+		if err != nil {
+			return err
+		}
 		for table := range Schema().Tables {
+			if table == TableRecords {
+				continue
+			}
 			it, err := txn.Get(table, IndexID)
 			if err != nil {
 				return err
@@ -615,16 +696,8 @@ func (l *Ledger) snapshot() error {
 				if err != nil {
 					return fmt.Errorf("encode %s object: %w", table, err)
 				}
-				chunk = appendChange(chunk, table, false, raw)
-				objects++
-				if len(chunk) >= snapshotChunk {
-					if l.closing.Load() {
-						return errSnapshotAborted
-					}
-					if err := emit(chunk); err != nil {
-						return err
-					}
-					chunk = chunk[:0]
+				if err := add(table, raw); err != nil {
+					return err
 				}
 			}
 		}

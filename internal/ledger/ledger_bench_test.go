@@ -488,12 +488,11 @@ func openAndMeasure(dir string, role Role) (openResult, error) {
 	st := procStatus()
 	res.RSSOpen = st["VmRSS"]
 	err = l.Read(func(txn *memdb.Txn) error {
-		it, err := txn.Get(TableRecords, IndexID)
-		if err != nil {
-			return err
-		}
-		for obj := it.Next(); obj != nil; obj = it.Next() {
-			res.Records++
+		// The fixture is one agent's records, numbered from 1.
+		v := RecordsOf(txn)
+		res.Records = v.Len()
+		if last := v.LastSeq(benchAgent(0)); last != uint64(res.Records) {
+			return fmt.Errorf("opened %d records, the last numbered %d", res.Records, last)
 		}
 		return nil
 	})

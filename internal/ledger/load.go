@@ -4,13 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"runtime/debug"
-	"sync"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
 
 	"fieldsync/internal/wal"
+	"fieldsync/protocol"
 )
 
 // loaded is what load recovered.
@@ -37,54 +36,11 @@ type indexedChange struct {
 
 var errStopped = errors.New("stopped")
 
-// loadGCPercent is the garbage collector's target (GOGC) while a hub's
-// ledger loads. Loading only grows the heap: nearly every record and index
-// entry it builds stays, and at the default of 100 the collector marks that
-// growing heap again each time it doubles. At 400, loading a million
-// records took 10-30 % less CPU (less than half of it in the collector)
-// for 2-7 % more peak memory. An agent's ledger
-// loads with the default: it is small and opens in a fraction of a second,
-// and at a site memory counts for more than that.
-const loadGCPercent = 400
-
-// gcRelax counts the loads in progress in the process; the first raises the
-// collector's target and the last restores it, so that ledgers opened at
-// once (in tests, say) do not restore each other's raised value.
-var gcRelax struct {
-	sync.Mutex
-	loads   int
-	percent int // the target before the first load
-}
-
-// relaxGC raises the garbage collector's target to loadGCPercent, unless
-// it is higher already or off, and returns the function that undoes it.
-func relaxGC() (restore func()) {
-	gcRelax.Lock()
-	defer gcRelax.Unlock()
-	if gcRelax.loads == 0 {
-		gcRelax.percent = debug.SetGCPercent(loadGCPercent)
-		if gcRelax.percent < 0 || gcRelax.percent > loadGCPercent {
-			debug.SetGCPercent(gcRelax.percent)
-		}
-	}
-	gcRelax.loads++
-	return func() {
-		gcRelax.Lock()
-		defer gcRelax.Unlock()
-		if gcRelax.loads--; gcRelax.loads == 0 {
-			debug.SetGCPercent(gcRelax.percent)
-		}
-	}
-}
-
 // load fills db from the newest snapshot in dir and the log after it, in
 // one memdb transaction, and returns the open log. Reading and decoding run
 // in one goroutine and applying in the caller's, so that on a machine with
 // two cores the one does not wait for the other.
-func load(db *memdb.MemDB, dir string, opts Options, lg *slog.Logger, in *interner) (*loaded, error) {
-	if opts.Role == RoleHub {
-		defer relaxGC()()
-	}
+func load(db *memdb.MemDB, records *recordStore, dir string, opts Options, lg *slog.Logger, in *interner) (*loaded, error) {
 	batches := make(chan []indexedChange, 4)
 	stop := make(chan struct{})
 	var res loaded
@@ -115,7 +71,17 @@ func load(db *memdb.MemDB, dir string, opts Options, lg *slog.Logger, in *intern
 		}
 		res.objects += len(batch)
 		for _, c := range batch {
-			if err := applyChange(txn, c.change); err != nil {
+			err := func() error {
+				if c.table != TableRecords {
+					return applyChange(txn, c.change)
+				}
+				if c.del {
+					return errors.New("a record is deleted: records are never deleted")
+				}
+				_, err := records.add(c.obj.(*protocol.Record), c.raw)
+				return err
+			}()
+			if err != nil {
 				if c.index == 0 {
 					applyErr = fmt.Errorf("load snapshot: %w", err)
 				} else {
@@ -135,6 +101,13 @@ func load(db *memdb.MemDB, dir string, opts Options, lg *slog.Logger, in *intern
 			res.log.Close()
 		}
 		return nil, err
+	}
+	// The records row is put once: nothing reads the state until it is
+	// loaded.
+	n := uint32(records.mark().records)
+	if err := txn.Insert(TableRecords, &recordsRow{Key: recordsRowKey, n: n, store: records}); err != nil {
+		res.log.Close()
+		return nil, fmt.Errorf("load records: %w", err)
 	}
 	txn.Commit()
 	return &res, nil

@@ -4,23 +4,20 @@ import (
 	"cmp"
 	"slices"
 
-	"github.com/hashicorp/go-memdb"
-
 	"fieldsync/protocol"
 )
 
 // Effective returns a record as it stands after its amendments, applied in
 // sequence order, and whether a void cancelled it. Records are never
 // rewritten; this is the only place corrections take effect.
-func Effective(txn *memdb.Txn, rec *protocol.Record) (protocol.Record, bool, error) {
+func (v Records) Effective(rec *protocol.Record) (protocol.Record, bool, error) {
 	out := *rec
-	it, err := txn.Get(TableRecords, IndexTarget, rec.ID)
-	if err != nil {
-		return out, false, err
-	}
 	var fixes []*protocol.Record
-	for obj := it.Next(); obj != nil; obj = it.Next() {
-		fixes = append(fixes, obj.(*protocol.Record))
+	for f, err := range v.Correcting(rec.ID) {
+		if err != nil {
+			return out, false, err
+		}
+		fixes = append(fixes, f)
 	}
 	slices.SortFunc(fixes, func(a, b *protocol.Record) int { return cmp.Compare(a.Seq, b.Seq) })
 	voided := false
@@ -44,14 +41,13 @@ type Totals struct {
 }
 
 // PledgeTotals sums the records that name a pledge.
-func PledgeTotals(txn *memdb.Txn, pledge string) (Totals, error) {
+func (v Records) PledgeTotals(pledge string) (Totals, error) {
 	var t Totals
-	it, err := txn.Get(TableRecords, IndexPledge, pledge)
-	if err != nil {
-		return t, err
-	}
-	for obj := it.Next(); obj != nil; obj = it.Next() {
-		r, voided, err := Effective(txn, obj.(*protocol.Record))
+	for rec, err := range v.Naming(pledge) {
+		if err != nil {
+			return t, err
+		}
+		r, voided, err := v.Effective(rec)
 		if err != nil {
 			return t, err
 		}

@@ -1,9 +1,7 @@
 package ledger
 
 import (
-	"encoding/binary"
 	"fmt"
-	"math"
 	"time"
 
 	"github.com/hashicorp/go-memdb"
@@ -24,16 +22,14 @@ const (
 	TableMeta       = "meta"
 )
 
-// Index names, named for how they are queried.
+// Index names, named for how they are queried. Records have indexes of
+// their own: see Records.
 const (
 	IndexID     = "id"
 	IndexSeq    = "seq"
-	IndexPledge = "pledge"
-	IndexTarget = "target"
 	IndexSite   = "site"
 	IndexAgent  = "agent"
 	IndexRecord = "record"
-	IndexSerial = "serial"
 )
 
 // Bundle states, at the agent (sealed, acked) and at the hub (applied,
@@ -118,9 +114,9 @@ type Meta struct {
 	Value string `json:"value"`
 }
 
-// Role is whose ledger it is: it decides which indexes the records table
-// keeps. Every role stores the same objects, logs and snapshots them alike;
-// only what can be looked up differs.
+// Role is whose ledger it is: it decides which indexes of records the
+// ledger keeps. Every role stores the same objects, logs and snapshots them
+// alike; only what can be looked up differs.
 type Role uint8
 
 const (
@@ -129,7 +125,7 @@ const (
 	// RoleAgent leaves out the index of serial numbers: an agent never
 	// looks a serial number up (finding one reported at two sites is the
 	// hub's discrepancy check), and with two serials per delivery that
-	// index would be a third of an agent's memory.
+	// index would be the largest in an agent's memory.
 	RoleAgent
 )
 
@@ -144,14 +140,11 @@ func (r Role) String() string {
 	return fmt.Sprintf("role(%d)", uint8(r))
 }
 
-// Schema returns the go-memdb schema of a hub's ledger: every table and
-// every index.
-func Schema() *memdb.DBSchema { return SchemaFor(RoleHub) }
-
-// SchemaFor returns the go-memdb schema of the ledger of role.
-func SchemaFor(role Role) *memdb.DBSchema {
+// Schema returns the go-memdb schema of a ledger. Agent and hub share it:
+// they differ only in the indexes of records, which are not memdb's.
+func Schema() *memdb.DBSchema {
 	return &memdb.DBSchema{Tables: map[string]*memdb.TableSchema{
-		TableRecords:    recordsTableSchema(role),
+		TableRecords:    recordsTableSchema(),
 		TablePledges:    pledgesTableSchema(),
 		TableBundles:    bundlesTableSchema(),
 		TableAgents:     agentsTableSchema(),
@@ -168,117 +161,13 @@ func agentSeqIndex(name string) *memdb.IndexSchema {
 	}}}
 }
 
-// recordsTableSchema: records by id; by (agent, seq), which makes applying a
-// record twice impossible and lists an agent's records in order; by the
-// pledge they fulfil (pledge totals); by the record they correct
-// (amendments and voids); and at the hub by serial number (to find one
-// reported at two sites).
-//
-// The records table is the big one (a million rows at a busy hub), and each
-// index costs a radix tree leaf and node per key, about 400 bytes whatever
-// the key's length, so it has no index that its role's queries do not use,
-// and its indexers read the fields directly instead of through reflection.
-// The keys are those of memdb's StringFieldIndex, CompoundIndex and
-// StringSliceFieldIndex, whose FromArgs they keep (ids stay text: agents
-// find records by a prefix of the id a person typed).
-func recordsTableSchema(role Role) *memdb.TableSchema {
-	t := &memdb.TableSchema{Name: TableRecords, Indexes: map[string]*memdb.IndexSchema{
-		IndexID: {Name: IndexID, Unique: true, Indexer: &recordField{
-			StringFieldIndex: memdb.StringFieldIndex{Field: "ID"},
-			get:              func(r *protocol.Record) string { return r.ID },
-		}},
-		IndexSeq: {Name: IndexSeq, Unique: true, Indexer: &recordSeq{CompoundIndex: memdb.CompoundIndex{
-			Indexes: []memdb.Indexer{&memdb.StringFieldIndex{Field: "Agent"}, &memdb.UintFieldIndex{Field: "Seq"}},
-		}}},
-		IndexPledge: {Name: IndexPledge, AllowMissing: true, Indexer: &recordField{
-			StringFieldIndex: memdb.StringFieldIndex{Field: "Pledge"},
-			get:              func(r *protocol.Record) string { return r.Pledge },
-			nonUnique:        true,
-		}},
-		IndexTarget: {Name: IndexTarget, AllowMissing: true, Indexer: &recordField{
-			StringFieldIndex: memdb.StringFieldIndex{Field: "Target"},
-			get:              func(r *protocol.Record) string { return r.Target },
-			nonUnique:        true,
-		}},
+// recordsTableSchema: the records themselves are in the ledger's
+// recordStore (see records.go); the table holds the one row that says how
+// many of them a state has.
+func recordsTableSchema() *memdb.TableSchema {
+	return &memdb.TableSchema{Name: TableRecords, Indexes: map[string]*memdb.IndexSchema{
+		IndexID: {Name: IndexID, Unique: true, Indexer: &memdb.StringFieldIndex{Field: "Key"}},
 	}}
-	if role == RoleHub {
-		t.Indexes[IndexSerial] = &memdb.IndexSchema{Name: IndexSerial, AllowMissing: true, Indexer: &recordSerials{
-			StringSliceFieldIndex: memdb.StringSliceFieldIndex{Field: "Serials"},
-		}}
-	}
-	return t
-}
-
-// recordField indexes a string field of a record like memdb's
-// StringFieldIndex: the value and a NUL, nothing for an empty string.
-type recordField struct {
-	memdb.StringFieldIndex // FromArgs, PrefixFromArgs
-	get                    func(*protocol.Record) string
-	// nonUnique leaves room for the record id that memdb appends to the
-	// keys of a non-unique index, saving a copy of every key.
-	nonUnique bool
-}
-
-// FromObject returns the key of obj, a *protocol.Record.
-func (x *recordField) FromObject(obj any) (bool, []byte, error) {
-	r, ok := obj.(*protocol.Record)
-	if !ok {
-		return false, nil, fmt.Errorf("index %s: object is a %T, not a *protocol.Record", x.Field, obj)
-	}
-	v := x.get(r)
-	if v == "" {
-		return false, nil, nil
-	}
-	return true, stringKey(v, x.nonUnique, r), nil
-}
-
-func stringKey(v string, nonUnique bool, r *protocol.Record) []byte {
-	n := len(v) + 1
-	if nonUnique {
-		n += len(r.ID) + 1
-	}
-	return append(append(make([]byte, 0, n), v...), 0)
-}
-
-// recordSeq indexes a record by agent and sequence number like a memdb
-// CompoundIndex of a StringFieldIndex and a UintFieldIndex.
-type recordSeq struct {
-	memdb.CompoundIndex // FromArgs, PrefixFromArgs
-}
-
-// FromObject returns the key of obj, a *protocol.Record.
-func (x *recordSeq) FromObject(obj any) (bool, []byte, error) {
-	r, ok := obj.(*protocol.Record)
-	if !ok {
-		return false, nil, fmt.Errorf("index seq: object is a %T, not a *protocol.Record", obj)
-	}
-	if r.Agent == "" {
-		return false, nil, nil
-	}
-	b := make([]byte, 0, len(r.Agent)+1+8)
-	b = append(append(b, r.Agent...), 0)
-	return true, binary.BigEndian.AppendUint64(b, r.Seq), nil
-}
-
-// recordSerials indexes a record by each of its serial numbers like a
-// memdb StringSliceFieldIndex.
-type recordSerials struct {
-	memdb.StringSliceFieldIndex // FromArgs, PrefixFromArgs
-}
-
-// FromObject returns the keys of obj, a *protocol.Record.
-func (x *recordSerials) FromObject(obj any) (bool, [][]byte, error) {
-	r, ok := obj.(*protocol.Record)
-	if !ok {
-		return false, nil, fmt.Errorf("index serial: object is a %T, not a *protocol.Record", obj)
-	}
-	var keys [][]byte
-	for _, s := range r.Serials {
-		if s != "" {
-			keys = append(keys, stringKey(s, true, r))
-		}
-	}
-	return len(keys) > 0, keys, nil
 }
 
 func pledgesTableSchema() *memdb.TableSchema {
@@ -351,18 +240,4 @@ func newObject(table string) (any, bool) {
 		return new(Meta), true
 	}
 	return nil, false
-}
-
-// LastSeq returns the highest record sequence number stored for agent, or 0.
-func LastSeq(txn *memdb.Txn, agent string) (uint64, error) {
-	// The (agent, seq) index sorts by agent then seq: the entry just below
-	// (agent, max) is the agent's last record, if it is the agent's at all.
-	it, err := txn.ReverseLowerBound(TableRecords, IndexSeq, agent, uint64(math.MaxUint64))
-	if err != nil {
-		return 0, err
-	}
-	if r, ok := it.Next().(*protocol.Record); ok && r.Agent == agent {
-		return r.Seq, nil
-	}
-	return 0, nil
 }

@@ -4,27 +4,39 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
+	"maps"
 	"reflect"
+	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-memdb"
 
 	"fieldsync/protocol"
 )
 
-// dumpState lists every object of every table as JSON, and for each
-// secondary index of the records table the record ids in index order, so
-// that a stale or missing index entry shows as well as a wrong object.
-func dumpState(t testing.TB, txn *memdb.Txn) map[string][]string {
-	t.Helper()
-	return dumpRoleState(t, txn, RoleHub)
-}
+// Keys of the records in a dumpState.
+const (
+	recordsAll      = "records"
+	recordsIDs      = "records: ids"
+	recordsBySeq    = "records by agent and seq"
+	recordsByPledge = "records by pledge"
+	recordsByTarget = "records by target"
+	recordsBySerial = "records by serial"
+)
 
-// dumpRoleState is dumpState for a ledger of role, with the indexes it has.
-func dumpRoleState(t testing.TB, txn *memdb.Txn, role Role) map[string][]string {
+// dumpState lists every object of every memdb table as JSON, and the
+// records as every query of Records finds them, so that a stale or missing
+// index entry shows as well as a wrong record.
+func dumpState(t testing.TB, txn *memdb.Txn) map[string][]string {
 	t.Helper()
 	out := map[string][]string{}
 	for table := range Schema().Tables {
+		if table == TableRecords {
+			continue // its one row, dumped below as the records it counts
+		}
 		it, err := txn.Get(table, IndexID)
 		if err != nil {
 			t.Fatal(err)
@@ -37,20 +49,86 @@ func dumpRoleState(t testing.TB, txn *memdb.Txn, role Role) map[string][]string 
 			out[table] = append(out[table], string(raw))
 		}
 	}
-	indexes := []string{IndexSeq, IndexPledge, IndexTarget}
-	if role == RoleHub {
-		indexes = append(indexes, IndexSerial)
+	maps.Copy(out, dumpRecords(t, RecordsOf(txn)))
+	return out
+}
+
+// dumpRecords lists the records of v as All yields them, in JSON, and as
+// each lookup finds them: by id and id prefix, by agent and sequence
+// number, by pledge, by the record they correct and by serial number (which
+// at an agent finds nothing).
+func dumpRecords(t testing.TB, v Records) map[string][]string {
+	t.Helper()
+	out := map[string][]string{}
+	all := collect(t, v.All())
+	if len(all) != v.Len() {
+		t.Errorf("All yields %d records, Len says %d", len(all), v.Len())
 	}
-	for _, index := range indexes {
-		it, err := txn.Get(TableRecords, index+"_prefix", "")
+	var pledges, serials []string
+	for _, r := range all {
+		out[recordsAll] = append(out[recordsAll], recordJSON(t, r))
+		if got, err := v.ByID(r.ID); err != nil || got == nil || got.ID != r.ID {
+			t.Errorf("ByID(%s) = %v, %v", r.ID, got, err)
+		}
+		if r.Agent != "" {
+			got, err := v.At(r.Agent, r.Seq)
+			if err != nil || got == nil {
+				t.Errorf("At(%s, %d) = %v, %v", r.Agent, r.Seq, got, err)
+			} else {
+				out[recordsBySeq] = append(out[recordsBySeq], fmt.Sprintf("%s/%d: %s", r.Agent, r.Seq, got.ID))
+			}
+		}
+		if r.Pledge != "" {
+			pledges = append(pledges, r.Pledge)
+		}
+		serials = append(serials, r.Serials...)
+	}
+	out[recordsIDs] = v.IDsWithPrefix("", v.Len()+1)
+	for _, a := range v.Agents() {
+		out[recordsBySeq] = append(out[recordsBySeq], fmt.Sprintf("%s: last %d", a, v.LastSeq(a)))
+	}
+	ids := func(key string, recs iter.Seq2[*protocol.Record, error]) {
+		for _, r := range collect(t, recs) {
+			out[key] = append(out[key], r.ID)
+		}
+	}
+	slices.Sort(pledges)
+	for _, p := range slices.Compact(pledges) {
+		out[recordsByPledge] = append(out[recordsByPledge], "pledge "+p)
+		ids(recordsByPledge, v.Naming(p))
+	}
+	for _, id := range v.Corrected() {
+		out[recordsByTarget] = append(out[recordsByTarget], "target "+id)
+		ids(recordsByTarget, v.Correcting(id))
+	}
+	slices.Sort(serials)
+	for _, sn := range slices.Compact(serials) {
+		ids(recordsBySerial, v.WithSerial(sn))
+	}
+	return out
+}
+
+// collect returns what an iterator of records yields, failing t on an
+// error.
+func collect(t testing.TB, recs iter.Seq2[*protocol.Record, error]) []*protocol.Record {
+	t.Helper()
+	var out []*protocol.Record
+	for r, err := range recs {
 		if err != nil {
 			t.Fatal(err)
 		}
-		for obj := it.Next(); obj != nil; obj = it.Next() {
-			out["records by "+index] = append(out["records by "+index], obj.(*protocol.Record).ID)
-		}
+		out = append(out, r)
 	}
 	return out
+}
+
+func recordJSON(t testing.TB, r *protocol.Record) string {
+	t.Helper()
+	raw, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(raw)
 }
 
 func readState(t testing.TB, l *Ledger) map[string][]string {
@@ -62,30 +140,43 @@ func readState(t testing.TB, l *Ledger) map[string][]string {
 	return s
 }
 
-// bigWrite changes far more than memdbChunk objects in one Write: it
-// replaces records (moving them to other pledges and serials), deletes some,
-// gives a deleted record's seq to a new record, and adds new ones.
+// testFeedback is feedback about record seq of agent.
+func testFeedback(agent string, seq uint64) *Feedback {
+	return &Feedback{Agent: agent, Seq: seq, Record: testRecord(agent, seq).ID, State: "refused",
+		Reason: "serial number reported twice", At: time.Date(2026, 11, 24, 8, 0, 0, 0, time.UTC)}
+}
+
+// testPledge is the pledge fill and bigWrite give record seq.
+func testPledge(seq uint64) string { return fmt.Sprintf("P-%d", seq%13) }
+
+// bigWrite changes far more than memdbChunk objects in one Write. Records
+// are never replaced nor deleted, so feedback takes that part: it replaces
+// feedback (moving it to other records), deletes some, and gives a deleted
+// one's key to a new one. Then it appends records that correct those fill
+// wrote, name the same pledges and repeat one of their serial numbers, so
+// that every index of records grows.
 func bigWrite(tx *Txn, from uint64) error {
 	for seq := uint64(1); seq <= 2500; seq++ {
-		r := testRecord("A1", seq)
-		r.Qty, r.Pledge, r.Serials = 7, fmt.Sprintf("P-%d", seq%13), []string{fmt.Sprintf("SN-moved-%d", seq)}
-		if err := tx.Put(TableRecords, r); err != nil {
+		f := testFeedback("A1", seq)
+		f.State, f.Record = "quarantined", testRecord("A1", from+seq-1).ID
+		if err := tx.Put(TableFeedback, f); err != nil {
 			return err
 		}
 	}
 	for seq := uint64(2501); seq <= 2600; seq++ {
-		if err := tx.Delete(TableRecords, testRecord("A1", seq)); err != nil {
+		if err := tx.Delete(TableFeedback, testFeedback("A1", seq)); err != nil {
 			return err
 		}
 	}
-	heir := testRecord("A1", 2501)
-	heir.ID = "A1-HEIR"
-	if err := tx.Put(TableRecords, heir); err != nil {
+	heir := testFeedback("A1", 2501)
+	heir.Record = "A1-HEIR"
+	if err := tx.Put(TableFeedback, heir); err != nil {
 		return err
 	}
 	for seq := from; seq < from+3000; seq++ {
 		r := testRecord("A1", seq)
-		r.Target = testRecord("A1", seq-from+1).ID
+		r.Type, r.Target, r.Pledge = protocol.TypeAmendment, testRecord("A1", seq-from+1).ID, testPledge(seq)
+		r.Serials = append(r.Serials, fmt.Sprintf("SN-%d-a", seq-from+1))
 		if err := tx.Put(TableRecords, r); err != nil {
 			return err
 		}
@@ -93,11 +184,17 @@ func bigWrite(tx *Txn, from uint64) error {
 	return tx.Put(TableMeta, &Meta{Key: "big", Value: "done"})
 }
 
+// fill writes n records of agent A1, each with feedback.
 func fill(t testing.TB, l *Ledger, n uint64) {
 	t.Helper()
 	err := l.Write(func(tx *Txn) error {
 		for seq := uint64(1); seq <= n; seq++ {
-			if err := tx.Put(TableRecords, testRecord("A1", seq)); err != nil {
+			r := testRecord("A1", seq)
+			r.Pledge = testPledge(seq)
+			if err := tx.Put(TableRecords, r); err != nil {
+				return err
+			}
+			if err := tx.Put(TableFeedback, testFeedback("A1", seq)); err != nil {
 				return err
 			}
 		}
@@ -109,7 +206,8 @@ func fill(t testing.TB, l *Ledger, n uint64) {
 }
 
 // TestLargeWriteIsAtomic: a Write of many memdb transactions is seen whole
-// or not at all, and one that fails leaves memdb exactly as it was.
+// or not at all, and one that fails leaves memdb and the records exactly as
+// they were.
 func TestLargeWriteIsAtomic(t *testing.T) {
 	l, err := Open(t.TempDir(), Options{})
 	if err != nil {
@@ -118,6 +216,7 @@ func TestLargeWriteIsAtomic(t *testing.T) {
 	defer l.Close()
 	fill(t, l, 3000)
 	want := readState(t, l)
+	wantStore := storeShapeOf(l.records)
 
 	errLate := errors.New("refused at the end")
 	err = l.Write(func(tx *Txn) error {
@@ -126,6 +225,9 @@ func TestLargeWriteIsAtomic(t *testing.T) {
 		}
 		if len(tx.done) == 0 {
 			t.Fatal("the write did not span several memdb transactions; the test tests nothing")
+		}
+		if got := RecordsOf(tx.Txn).Len(); got != 6000 {
+			t.Errorf("the Write sees %d records, want its own 3000 after the 3000 before", got)
 		}
 		if got := readState(t, l); !reflect.DeepEqual(got, want) {
 			t.Error("Read during a large Write sees part of it")
@@ -143,13 +245,21 @@ func TestLargeWriteIsAtomic(t *testing.T) {
 		t.Error("after a failed large Write, memdb holds a changed state")
 	}
 	txn.Abort()
+	if diff := storeShapeOf(l.records).diff(wantStore); len(diff) > 0 {
+		t.Errorf("after a failed large Write, the record store differs:\n%s", strings.Join(diff, "\n"))
+	}
 
 	// The ledger goes on from the state before.
 	if err := l.Write(func(tx *Txn) error { return bigWrite(tx, 10_000) }); err != nil {
 		t.Fatal(err)
 	}
-	if got := readState(t, l); reflect.DeepEqual(got, want) || len(got[TableRecords]) != 3000-100+1+3000 {
-		t.Errorf("after the large Write: %d records, want %d", len(got[TableRecords]), 3000-100+1+3000)
+	got := readState(t, l)
+	if reflect.DeepEqual(got, want) || len(got[recordsAll]) != 6000 || len(got[TableFeedback]) != 3000-100+1 {
+		t.Errorf("after the large Write: %d records and %d feedback, want 6000 and %d",
+			len(got[recordsAll]), len(got[TableFeedback]), 3000-100+1)
+	}
+	if n := len(got[recordsBySerial]); n != 2*3000+3*3000 {
+		t.Errorf("after the large Write, serial numbers find %d records, want %d", n, 2*3000+3*3000)
 	}
 }
 
@@ -218,15 +328,12 @@ func TestPutRecordIsPut(t *testing.T) {
 	stored := func(l *Ledger) []*protocol.Record {
 		var out []*protocol.Record
 		l.Read(func(txn *memdb.Txn) error {
-			it, err := txn.Get(TableRecords, IndexID)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for obj := it.Next(); obj != nil; obj = it.Next() {
-				out = append(out, obj.(*protocol.Record))
-			}
+			out = collect(t, RecordsOf(txn).All())
 			return nil
 		})
+		if len(out) != len(recs) {
+			t.Fatalf("%d records stored, want %d", len(out), len(recs))
+		}
 		return out
 	}
 	live := stored(l)
