@@ -34,23 +34,13 @@ type Discrepancy struct {
 }
 
 // recordDiscrepancies finds what is wrong with one applied record, given the
-// state it was applied to (which includes the record itself). With withTotals
-// it also checks the record's pledge for over-delivery, as intake does to
-// tell the site at once; the aggregated status checks each pledge once
-// instead (see pledgeDiscrepancy), so that an over-delivered pledge is one
-// discrepancy, not one per record.
-func recordDiscrepancies(txn *memdb.Txn, rec *protocol.Record, withTotals bool) ([]Discrepancy, error) {
-	var p *protocol.Pledge
-	if rec.Pledge != "" {
-		obj, err := txn.First(ledger.TablePledges, ledger.IndexID, rec.Pledge)
-		if err != nil {
-			return nil, err
-		}
-		if obj != nil {
-			p = obj.(*protocol.Pledge)
-		}
-	}
-	recs := ledger.RecordsOf(txn)
+// state it was applied to (which includes the record itself) and the pledge
+// it names (nil if none or unknown). With withTotals it also checks the
+// pledge for over-delivery, as intake does to tell the site at once; the
+// aggregated status checks each pledge once instead (see
+// pledgeDiscrepancy), so that an over-delivered pledge is one discrepancy,
+// not one per record.
+func recordDiscrepancies(recs ledger.Records, rec *protocol.Record, p *protocol.Pledge, withTotals bool) ([]Discrepancy, error) {
 	out := ownDiscrepancies(nil, rec, p)
 	if withTotals && p != nil && !p.Cancelled && p.Site == rec.Site && isReport(rec) {
 		total, err := recs.PledgeTotals(p.ID)
@@ -158,10 +148,25 @@ func pledgeDiscrepancy(p *protocol.Pledge, t ledger.Totals, last *protocol.Recor
 	return d, true
 }
 
+// pledgeByID returns the pledge with id, or nil if there is none (or id is
+// empty).
+func pledgeByID(txn *memdb.Txn, id string) (*protocol.Pledge, error) {
+	if id == "" {
+		return nil, nil
+	}
+	obj, err := txn.First(ledger.TablePledges, ledger.IndexID, id)
+	p, _ := obj.(*protocol.Pledge)
+	return p, err
+}
+
 // checkRecord records the discrepancies of a newly applied record as
 // feedback for the agent that sent it.
 func checkRecord(txn *memdb.Txn, rec *protocol.Record, fb *feedbackWriter) error {
-	ds, err := recordDiscrepancies(txn, rec, true)
+	p, err := pledgeByID(txn, rec.Pledge)
+	if err != nil {
+		return err
+	}
+	ds, err := recordDiscrepancies(ledger.RecordsOf(txn), rec, p, true)
 	if err != nil {
 		return err
 	}

@@ -2,10 +2,12 @@ package hub
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -92,6 +94,9 @@ func (h *Hub) rows(site string) ([]ExportRow, error) {
 			return nil
 		})
 	})
+	// Records come in the order the hub stored them, every agent's
+	// interleaved; the export lists each agent's together, in order.
+	slices.SortFunc(rows, func(x, y ExportRow) int { return cmp.Or(cmp.Compare(x.Agent, y.Agent), cmp.Compare(x.Seq, y.Seq)) })
 	return rows, err
 }
 

@@ -178,9 +178,23 @@ func (h *Hub) apply(b *protocol.Bundle) (int, error) {
 		// never what makes its serial numbers seen elsewhere. Over-delivery
 		// is a matter of the pledge's totals, checked once per pledge below
 		// rather than per record.
+		recs := ledger.RecordsOf(tx.Txn)
+		pledges := map[string]*protocol.Pledge{} // looked up once per bundle
+		pledgeOf := func(id string) (*protocol.Pledge, error) {
+			if p, ok := pledges[id]; ok {
+				return p, nil
+			}
+			p, err := pledgeByID(tx.Txn, id)
+			pledges[id] = p
+			return p, err
+		}
 		found := make([][]Discrepancy, len(fresh))
 		for i, j := range fresh {
-			if found[i], err = recordDiscrepancies(tx.Txn, &b.Records[j], false); err != nil {
+			p, err := pledgeOf(b.Records[j].Pledge)
+			if err != nil {
+				return err
+			}
+			if found[i], err = recordDiscrepancies(recs, &b.Records[j], p, false); err != nil {
 				return err
 			}
 		}
@@ -209,16 +223,16 @@ func (h *Hub) apply(b *protocol.Bundle) (int, error) {
 				}
 			}
 		}
+		recs = ledger.RecordsOf(tx.Txn) // with the bundle's records
 		for _, id := range slices.Sorted(maps.Keys(lastOf)) {
-			obj, err := tx.First(ledger.TablePledges, ledger.IndexID, id)
+			p, err := pledgeOf(id)
 			if err != nil {
 				return err
 			}
-			p, ok := obj.(*protocol.Pledge)
-			if !ok || p.Site != a.Site {
+			if p == nil || p.Site != a.Site {
 				continue
 			}
-			t, err := ledger.RecordsOf(tx.Txn).PledgeTotals(id)
+			t, err := recs.PledgeTotals(id)
 			if err != nil {
 				return err
 			}

@@ -335,7 +335,7 @@ type statusAgg struct {
 	watch [watchTables]<-chan struct{} // closed when the table changes after that state
 
 	// From the records table.
-	marks    map[string]uint64   // per agent, the last record sequence number taken in
+	taken    int                 // records taken in: the first this many stored
 	records  int                 // records of every kind
 	siteRecs map[string]*int     // records per site (a pointer: one lookup per record)
 	orphans  map[string][]string // corrected record id → sites of corrections that came before it
@@ -445,7 +445,7 @@ func later(r, l *protocol.Record) bool {
 }
 
 func newStatusAgg() *statusAgg {
-	return &statusAgg{marks: map[string]uint64{}, siteRecs: map[string]*int{}, orphans: map[string][]string{},
+	return &statusAgg{siteRecs: map[string]*int{}, orphans: map[string][]string{},
 		discs: discIndex{iradix.New(), iradix.New(), iradix.New()}, discSites: map[string]int{}, pledges: map[string]*pledgeAgg{}, touched: map[*pledgeAgg]bool{},
 		siteSet: map[string]bool{}, recsMoved: true, discMoved: true}
 }
@@ -607,27 +607,20 @@ func (a *statusAgg) loadRows(txn *memdb.Txn, changed [watchTables]bool) error {
 	return nil
 }
 
-// eachNewRecord calls fn for every record not taken in yet, agent by agent
-// in sequence order, and moves each agent's mark on. Records are never
-// rewritten or deleted, so an agent's new records are those past its mark:
-// one seek per agent finds them.
+// eachNewRecord calls fn for every record not taken in yet, in the order
+// they were stored. Records are never rewritten or deleted, so the new ones
+// are those stored after the ones taken in.
 func (a *statusAgg) eachNewRecord(txn *memdb.Txn, fn func(r *protocol.Record) error) error {
 	recs := ledger.RecordsOf(txn)
-	for _, agent := range recs.Agents() {
-		from := uint64(0)
-		if mark, seen := a.marks[agent]; seen {
-			from = mark + 1
+	for r, err := range recs.Since(a.taken) {
+		if err != nil {
+			return err
 		}
-		for r, err := range recs.OfAgent(agent, from) {
-			if err != nil {
-				return err
-			}
-			if err := fn(r); err != nil {
-				return err
-			}
-			a.marks[agent] = r.Seq
+		if err := fn(r); err != nil {
+			return err
 		}
 	}
+	a.taken = recs.Len()
 	return nil
 }
 
@@ -672,33 +665,13 @@ func buildStatusAgg(txn *memdb.Txn) (*statusAgg, error) {
 	serialCount := map[uint64]uint8{}
 	type stated struct{ eff, r *protocol.Record }
 	var withSerials []stated // reports with serial numbers, not voided: as corrected and as stored
-	var corrections []*protocol.Record
 	var recDiscs []storedDisc
-	err = a.eachNewRecord(txn, func(r *protocol.Record) error {
-		a.countRecord(r)
-		for _, s := range r.Serials {
-			h := maphash.String(seed, s)
-			serialCount[h] = min(2, serialCount[h]+1)
-		}
-		if isCorrection(r) {
-			corrections = append(corrections, r)
-			return nil
-		}
-		var pa *pledgeAgg
-		if r.Pledge != "" {
-			pa = a.pledge(r.Pledge)
-			pa.records = addCount(pa.records, r.Site, 1, true)
-		}
-		eff := r
-		if corrected[r.ID] {
-			e, voided, err := recs.Effective(r)
-			if err != nil || voided {
-				return err
-			}
-			eff = &e
-		}
+	// take takes in a report that is not voided, as corrected (eff) and as
+	// stored (r).
+	take := func(eff, r *protocol.Record) {
 		var p *protocol.Pledge
-		if pa != nil {
+		if r.Pledge != "" {
+			pa := a.pledge(r.Pledge)
 			pa.add(eff, r)
 			p = pa.p
 		}
@@ -710,17 +683,50 @@ func buildStatusAgg(txn *memdb.Txn) (*statusAgg, error) {
 		if len(eff.Serials) > 0 && isReport(eff) {
 			withSerials = append(withSerials, stated{eff, r})
 		}
+	}
+	// One pass in the order records were stored, which reads each block of
+	// the store once. Corrections are gathered on the way, and the reports
+	// they correct taken in after it, rather than looking each up: at a hub
+	// a record's corrections are usually stored far from it.
+	var corrections []*protocol.Record
+	targets := map[string]*protocol.Record{}   // the records corrections target, by id
+	fixesOf := map[string][]*protocol.Record{} // corrections, by the id they target
+	var pending []*protocol.Record             // reports with corrections
+	err = a.eachNewRecord(txn, func(r *protocol.Record) error {
+		a.countRecord(r)
+		for _, s := range r.Serials {
+			h := maphash.String(seed, s)
+			serialCount[h] = min(2, serialCount[h]+1)
+		}
+		if corrected[r.ID] {
+			targets[r.ID] = r
+		}
+		if isCorrection(r) {
+			corrections = append(corrections, r)
+			fixesOf[r.Target] = append(fixesOf[r.Target], r)
+			return nil
+		}
+		if r.Pledge != "" {
+			pa := a.pledge(r.Pledge)
+			pa.records = addCount(pa.records, r.Site, 1, true)
+		}
+		if corrected[r.ID] {
+			pending = append(pending, r)
+		} else {
+			take(r, r)
+		}
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	for _, c := range corrections {
-		t, err := recs.ByID(c.Target)
-		if err != nil {
-			return nil, err
+	for _, r := range pending {
+		if eff, voided := ledger.Corrected(r, fixesOf[r.ID]); !voided {
+			take(&eff, r)
 		}
-		if t == nil {
+	}
+	for _, c := range corrections {
+		if t := targets[c.Target]; t == nil {
 			a.orphans[c.Target] = append(a.orphans[c.Target], c.Site)
 		} else {
 			a.attribute(t.Pledge, c.Site)
@@ -1571,7 +1577,8 @@ func mergeDiscs(x, y []Discrepancy) []Discrepancy {
 }
 
 // eachRecord calls fn for every record, or for every record of one site
-// (through its agents: a record's site is its agent's).
+// (through its agents: a record's site is its agent's), in the order they
+// were stored.
 func eachRecord(txn *memdb.Txn, site string, fn func(r *protocol.Record) error) error {
 	recs := ledger.RecordsOf(txn)
 	if site == "" {
@@ -1593,17 +1600,15 @@ func eachRecord(txn *memdb.Txn, site string, fn func(r *protocol.Record) error) 
 	for obj := ait.Next(); obj != nil; obj = ait.Next() {
 		agents = append(agents, obj.(*ledger.Agent).ID)
 	}
-	for _, a := range agents {
-		for r, err := range recs.OfAgent(a, 0) {
-			if err != nil {
-				return err
-			}
-			if r.Site != site {
-				continue
-			}
-			if err := fn(r); err != nil {
-				return err
-			}
+	for r, err := range recs.OfAgents(agents...) {
+		if err != nil {
+			return err
+		}
+		if r.Site != site {
+			continue
+		}
+		if err := fn(r); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -24,7 +24,8 @@ import (
 // A million records took 3 GB and 9 s to load that way. The store keeps
 // each record as the JSON it was logged as, in zstd-compressed blocks, and
 // indexes it with hashes and ordinals in flat slices and maps the garbage
-// collector has no pointers to follow in: about 100 bytes a record.
+// collector has no pointers to follow in: about 160 bytes a record at a
+// hub, 130 at an agent (docs/benchmarks.md has the breakdown).
 //
 // Records are append-only (corrections are records of their own), so a
 // state of the store is its number of records: ordinals below it. memdb's
@@ -72,6 +73,14 @@ type slot struct {
 	idLen   uint8
 }
 
+// pledgeEntry is a record that names a pledge and what it adds to the
+// pledge's totals as stored, so that summing a pledge decodes only the
+// records that were corrected since (see PledgeTotals).
+type pledgeEntry struct {
+	ord  uint32
+	adds Totals
+}
+
 // agentRecords are an agent's records in sequence order.
 type agentRecords struct {
 	seqs  []uint64
@@ -106,15 +115,14 @@ type recordStore struct {
 	// allocation and the collector's time. A lookup checks the id or the
 	// serial number it finds, so a collision costs a comparison, never a
 	// wrong answer; the seed is random, so no one can aim for collisions.
-	byID       map[uint32]uint32   // hash of an id → ordinal
-	idMore     map[string]uint32   // ids whose hash another id had first
+	byID       map[uint32]uint32 // hash of an id → ordinal
+	idMore     map[string]uint32 // ids whose hash another id had first
 	agents     map[string]*agentRecords
-	byPledge   map[string][]uint32 // ordinals, ascending
-	byTarget   map[string][]uint32 // ordinals of corrections, ascending
-	bySerial   map[uint32]uint32   // hash of a serial number → first ordinal; a hub's only
-	serialMore map[uint32][]uint32 // the later ordinals of a hash in bySerial, ascending
-	noAgent    []uint32            // records without an agent, which agents never store
-	scratch    []byte              // for compressing a block
+	byPledge   map[string][]pledgeEntry // ordinals ascending, with what each adds
+	byTarget   map[string][]uint32      // ordinals of corrections, ascending
+	bySerial   map[uint32]uint32        // hash of a serial number → first ordinal; a hub's only
+	serialMore map[uint32][]uint32      // the later ordinals of a hash in bySerial, ascending
+	scratch    []byte                   // for compressing a block
 
 	cache blockCache
 }
@@ -127,7 +135,7 @@ func newRecordStore(role Role) *recordStore {
 	return &recordStore{
 		role: role, seed: maphash.MakeSeed(), enc: enc, dec: dec,
 		byID: map[uint32]uint32{}, idMore: map[string]uint32{}, agents: map[string]*agentRecords{},
-		byPledge: map[string][]uint32{}, byTarget: map[string][]uint32{},
+		byPledge: map[string][]pledgeEntry{}, byTarget: map[string][]uint32{},
 		bySerial: map[uint32]uint32{}, serialMore: map[uint32][]uint32{},
 		cache: blockCache{m: map[uint32][]byte{}},
 	}
@@ -201,11 +209,8 @@ func (s *recordStore) add(r *protocol.Record, raw []byte) (uint32, error) {
 			ar.seqs, ar.ords = slices.Insert(ar.seqs, i, r.Seq), slices.Insert(ar.ords, i, ord)
 		}
 	}
-	if r.Agent == "" {
-		s.noAgent = append(s.noAgent, ord)
-	}
 	if r.Pledge != "" {
-		s.byPledge[r.Pledge] = append(s.byPledge[r.Pledge], ord)
+		s.byPledge[r.Pledge] = append(s.byPledge[r.Pledge], pledgeEntry{ord: ord, adds: recordTotals(r)})
 	}
 	if r.Target != "" {
 		s.byTarget[r.Target] = append(s.byTarget[r.Target], ord)
@@ -320,11 +325,12 @@ func (s *recordStore) unindexLocked(r *protocol.Record, ord uint32) {
 			}
 		}
 	}
-	if n := len(s.noAgent); n > 0 && s.noAgent[n-1] == ord {
-		s.noAgent = s.noAgent[:n-1]
-	}
-	if r.Pledge != "" {
-		dropLast(s.byPledge, r.Pledge)
+	if l := s.byPledge[r.Pledge]; len(l) > 0 && l[len(l)-1].ord == ord {
+		if l = l[:len(l)-1]; len(l) == 0 {
+			delete(s.byPledge, r.Pledge)
+		} else {
+			s.byPledge[r.Pledge] = l
+		}
 	}
 	if r.Target != "" {
 		dropLast(s.byTarget, r.Target)
@@ -392,16 +398,22 @@ func (s *recordStore) blockLocked(i uint32) ([]byte, error) {
 }
 
 func (s *recordStore) recordLocked(ord uint32) (*protocol.Record, error) {
+	return s.recordIn(ord, nil)
+}
+
+// recordIn decodes record ord, sharing its repeated strings through in
+// (which may be nil).
+func (s *recordStore) recordIn(ord uint32, in *interner) (*protocol.Record, error) {
 	raw, err := s.jsonLocked(ord)
 	if err != nil {
 		return nil, err
 	}
-	return decodeStored(raw)
+	return decodeStored(raw, in)
 }
 
 // decodeStored decodes the JSON of a stored record.
-func decodeStored(raw []byte) (*protocol.Record, error) {
-	if r, ok := decodeRecord(raw, nil); ok {
+func decodeStored(raw []byte, in *interner) (*protocol.Record, error) {
+	if r, ok := decodeRecord(raw, in); ok {
 		return r, nil
 	}
 	r := new(protocol.Record)
@@ -618,48 +630,116 @@ func (v Records) agentPage(agent string, from uint64) ([]*protocol.Record, error
 	return out, nil, i < len(ar.ords)
 }
 
-// All yields every record, agent by agent (sorted by id), each agent's in
-// sequence order, then the records without an agent in the order they
-// were stored.
-func (v Records) All() iter.Seq2[*protocol.Record, error] {
+// All yields every record in the order they were stored.
+func (v Records) All() iter.Seq2[*protocol.Record, error] { return v.Since(0) }
+
+// Since yields the records stored after the first n, in the order they
+// were stored: what a state holds beyond an earlier one with n records.
+// Going through records in the order they were stored reads each block
+// once; going agent by agent at a hub, where the records of many agents
+// are interleaved, would read a block for nearly every record.
+func (v Records) Since(n int) iter.Seq2[*protocol.Record, error] {
 	return func(yield func(*protocol.Record, error) bool) {
-		for _, a := range v.Agents() {
-			for r, err := range v.OfAgent(a, 0) {
-				if !yield(r, err) || err != nil {
-					return
-				}
-			}
+		first := uint32(min(max(n, 0), int(v.n)))
+		ords := make([]uint32, 0, v.n-first)
+		for ord := first; ord < v.n; ord++ {
+			ords = append(ords, ord)
 		}
-		v.listed(func(s *recordStore) []uint32 { return s.noAgent })(yield)
+		v.yieldOrds(ords, yield)
 	}
 }
 
-// yieldOrds yields the records of ords, which are sorted.
-func (v Records) yieldOrds(ords []uint32, yield func(*protocol.Record, error) bool) {
-	for len(ords) > 0 {
-		page := ords[:min(len(ords), scanPage)]
-		ords = ords[len(page):]
-		recs := make([]*protocol.Record, 0, len(page))
-		var err error
-		v.s.mu.RLock()
-		for _, ord := range page {
-			var r *protocol.Record
-			if r, err = v.s.recordLocked(ord); err != nil {
-				break
+// OfAgents yields the records of agents in the order they were stored,
+// reading only the blocks that hold them, each once.
+func (v Records) OfAgents(agents ...string) iter.Seq2[*protocol.Record, error] {
+	return v.listed(func(s *recordStore) []uint32 {
+		var ords []uint32
+		for _, a := range agents {
+			if ar := s.agents[a]; ar != nil {
+				ords = append(ords, ar.ords...)
 			}
-			recs = append(recs, r)
 		}
-		v.s.mu.RUnlock()
-		for _, r := range recs {
-			if !yield(r, nil) {
+		slices.Sort(ords)
+		return ords
+	})
+}
+
+// yieldOrds yields the records of ords, which are sorted, and reports
+// whether yield asked for all of them. Records are decoded a page at a
+// time under the store's lock; past one page, the next page is decoded on
+// another goroutine while the caller works through this one, so a long
+// scan (a hub's status, an export) uses both cores. Repeated strings
+// (agents, sites, items, pledges) are shared among the records of a scan.
+func (v Records) yieldOrds(ords []uint32, yield func(*protocol.Record, error) bool) bool {
+	if len(ords) == 0 {
+		return true
+	}
+	if len(ords) <= scanPage {
+		return v.decodePage(ords, nil).yield(yield)
+	}
+	in := newInterner()
+	pages := make(chan recordPage, 1)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		defer close(pages)
+		for len(ords) > 0 {
+			n := min(len(ords), scanPage)
+			p := v.decodePage(ords[:n], in)
+			ords = ords[n:]
+			select {
+			case pages <- p:
+			case <-stop:
+				return
+			}
+			if p.err != nil {
 				return
 			}
 		}
-		if err != nil {
-			yield(nil, err)
-			return
+	}()
+	for p := range pages {
+		if !p.yield(yield) {
+			return false
 		}
 	}
+	return true
+}
+
+// recordPage is a run of decoded records and the error that ended it.
+type recordPage struct {
+	recs []*protocol.Record
+	err  error
+}
+
+// decodePage decodes the records of ords.
+func (v Records) decodePage(ords []uint32, in *interner) recordPage {
+	p := recordPage{recs: make([]*protocol.Record, 0, len(ords))}
+	v.s.mu.RLock()
+	defer v.s.mu.RUnlock()
+	for _, ord := range ords {
+		r, err := v.s.recordIn(ord, in)
+		if err != nil {
+			p.err = err
+			break
+		}
+		p.recs = append(p.recs, r)
+	}
+	return p
+}
+
+// yield yields the page's records, then its error, and reports whether
+// yield asked for all of them.
+func (p recordPage) yield(yield func(*protocol.Record, error) bool) bool {
+	for _, r := range p.recs {
+		if !yield(r, nil) {
+			return false
+		}
+	}
+	if p.err != nil {
+		yield(nil, p.err)
+		return false
+	}
+	return true
 }
 
 // below returns the ordinals of l below n, as a new slice.
@@ -671,7 +751,14 @@ func below(l []uint32, n uint32) []uint32 {
 // Naming yields the records that name pledge, in the order they were
 // stored.
 func (v Records) Naming(pledge string) iter.Seq2[*protocol.Record, error] {
-	return v.listed(func(s *recordStore) []uint32 { return s.byPledge[pledge] })
+	return v.listed(func(s *recordStore) []uint32 {
+		entries := s.byPledge[pledge]
+		ords := make([]uint32, len(entries))
+		for i, e := range entries {
+			ords[i] = e.ord
+		}
+		return ords
+	})
 }
 
 // Correcting yields the amendments and voids of the record with id, in the

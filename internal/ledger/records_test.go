@@ -254,12 +254,12 @@ func (m *recordModel) agents() []string {
 	return out
 }
 
-func (m *recordModel) all() []*protocol.Record {
-	var out []*protocol.Record
-	for _, a := range m.agents() {
-		out = append(out, m.ofAgent(a, 0)...)
-	}
-	return append(out, m.filter(func(r *protocol.Record) bool { return r.Agent == "" })...)
+func (m *recordModel) all() []*protocol.Record { return slices.Clone(m.recs) }
+
+func (m *recordModel) since(n int) []*protocol.Record { return slices.Clone(m.recs[min(n, len(m.recs)):]) }
+
+func (m *recordModel) ofAgents(agents ...string) []*protocol.Record {
+	return m.filter(func(r *protocol.Record) bool { return r.Agent != "" && slices.Contains(agents, r.Agent) })
 }
 
 func (m *recordModel) at(agent string, seq uint64) *protocol.Record {
@@ -420,6 +420,15 @@ func lookupCases() []lookupCase {
 		valueCase("Agents", Records.Agents, (*recordModel).agents),
 		valueCase("Corrected", Records.Corrected, (*recordModel).corrected),
 		recordsCase("All", Records.All, (*recordModel).all),
+		recordsCase("Since 0", func(v Records) iter.Seq2[*protocol.Record, error] { return v.Since(0) }, (*recordModel).all),
+		recordsCase("Since 1000", func(v Records) iter.Seq2[*protocol.Record, error] { return v.Since(1000) },
+			func(m *recordModel) []*protocol.Record { return m.since(1000) }),
+		recordsCase("Since beyond the end", func(v Records) iter.Seq2[*protocol.Record, error] { return v.Since(1 << 30) },
+			func(m *recordModel) []*protocol.Record { return m.since(1 << 30) }),
+		recordsCase("OfAgents A-2 A-10", func(v Records) iter.Seq2[*protocol.Record, error] { return v.OfAgents("A-2", "A-10") },
+			func(m *recordModel) []*protocol.Record { return m.ofAgents("A-2", "A-10") }),
+		recordsCase("OfAgents none", func(v Records) iter.Seq2[*protocol.Record, error] { return v.OfAgents() },
+			func(m *recordModel) []*protocol.Record { return m.ofAgents() }),
 		{name: "All stopped early",
 			got:  func(t testing.TB, v Records) any { return recordIDs(take(t, v.All(), 2345)) },
 			want: func(_ testing.TB, m *recordModel) any { return recordIDs(m.all()[:2345]) }},
