@@ -256,7 +256,9 @@ func (m *recordModel) agents() []string {
 
 func (m *recordModel) all() []*protocol.Record { return slices.Clone(m.recs) }
 
-func (m *recordModel) since(n int) []*protocol.Record { return slices.Clone(m.recs[min(n, len(m.recs)):]) }
+func (m *recordModel) since(n int) []*protocol.Record {
+	return slices.Clone(m.recs[min(n, len(m.recs)):])
+}
 
 func (m *recordModel) ofAgents(agents ...string) []*protocol.Record {
 	return m.filter(func(r *protocol.Record) bool { return r.Agent != "" && slices.Contains(agents, r.Agent) })
