@@ -78,7 +78,14 @@ func load(db *memdb.MemDB, records *recordStore, dir string, opts Options, lg *s
 				if c.del {
 					return errors.New("a record is deleted: records are never deleted")
 				}
-				_, err := records.add(c.obj.(*protocol.Record), c.raw)
+				r := c.obj.(*protocol.Record)
+				_, err := records.add(r, c.raw)
+				if errors.Is(err, errDuplicateRecord) && records.holds(r.ID, c.raw) {
+					// The same record put twice, which memdb, before the
+					// record store, took as a replacement: a log written
+					// then still opens.
+					return nil
+				}
 				return err
 			}()
 			if err != nil {

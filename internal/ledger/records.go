@@ -351,6 +351,18 @@ func (s *recordStore) unindexLocked(r *protocol.Record, ord uint32) {
 	}
 }
 
+// holds reports whether the store has a record with id whose JSON is raw.
+func (s *recordStore) holds(id string, raw []byte) bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	ord, ok := s.lookupLocked(id, uint32(len(s.slots)))
+	if !ok {
+		return false
+	}
+	stored, err := s.jsonLocked(ord)
+	return err == nil && bytes.Equal(stored, raw)
+}
+
 // idLocked returns the id of record ord, without a copy.
 func (s *recordStore) idLocked(ord uint32) []byte {
 	sl := s.slots[ord]

@@ -1392,3 +1392,60 @@ func TestRecordsHashCollisions(t *testing.T) {
 		t.Error("after reopening, the state differs from the live one")
 	}
 }
+
+// TestReplayOfARecordPutTwice opens a log that puts the same record twice,
+// as memdb took it (a replacement) before the record store: the record is
+// there once. A second record with the same id and other content still
+// refuses to load: that would be a different record, not a repeat.
+func TestReplayOfARecordPutTwice(t *testing.T) {
+	var enc objectEncoder
+	raw := func(r *protocol.Record) []byte {
+		b, err := enc.encode(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return slices.Clone(b)
+	}
+	same := raw(testRecord("A1", 1))
+	other := testRecord("A1", 1)
+	other.Qty = 9
+	for _, c := range []struct {
+		name    string
+		entries [][]byte
+		ok      bool
+	}{
+		{"identical", [][]byte{same, same, raw(testRecord("A1", 2))}, true},
+		{"different content", [][]byte{same, raw(other)}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			log, err := wal.Open(dir, wal.Options{NoSync: true})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, e := range c.entries {
+				if _, err := log.AppendBatch([][]byte{appendChange(nil, TableRecords, false, e)}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := log.Close(); err != nil {
+				t.Fatal(err)
+			}
+			l, err := Open(dir, Options{NoSync: true})
+			if !c.ok {
+				if err == nil {
+					l.Close()
+					t.Fatal("opened a log with two different records of one id")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer l.Close()
+			if v := viewOf(t, l); v.Len() != 2 || v.LastSeq("A1") != 2 {
+				t.Errorf("%d records, last seq %d; want 2 and 2", v.Len(), v.LastSeq("A1"))
+			}
+		})
+	}
+}
