@@ -54,7 +54,7 @@ func recordDiscrepancies(recs ledger.Records, rec *protocol.Record, p *protocol.
 			out = appendDiscrepancy(out, rec, DiscOver, "received %d of %d pledged", total.Received, p.Qty)
 		}
 	}
-	return serialDiscrepancies(out, rec, func(serial string) (string, error) { return serialElsewhere(recs, serial, rec.Site) })
+	return serialDiscrepancies(out, rec, serialLookup(recs, rec.Serials, rec.Site))
 }
 
 // isReport reports whether a record reports something (a delivery, a
@@ -178,22 +178,26 @@ func checkRecord(txn *memdb.Txn, rec *protocol.Record, fb *feedbackWriter) error
 	return nil
 }
 
-// serialElsewhere returns another site that reported the serial, if any.
-// Voided records do not count, nor records whose serials were corrected
-// since: only what a site stands by now.
-func serialElsewhere(recs ledger.Records, serial, site string) (string, error) {
-	for r, err := range recs.WithSerial(serial) {
+// serialsElsewhere returns, for those of serials that another site
+// reported, one such site. Voided records do not count, nor records whose
+// serials were corrected since: only what a site stands by now. Each record
+// that states any of the serials is read once: a report may state thousands
+// of serial numbers, and so may the records it shares them with.
+func serialsElsewhere(recs ledger.Records, serials []string, site string) (map[string]string, error) {
+	found := map[string]string{}
+	for c, err := range recs.WithSerials(serials...) {
 		if err != nil {
-			return "", err
+			return nil, err
 		}
-		if r.Site == site {
+		if c.Site == site {
 			continue
 		}
+		r := c
 		if r.Type == protocol.TypeAmendment {
 			// The amended record is what counts.
 			t, err := recs.ByID(r.Target)
 			if err != nil {
-				return "", err
+				return nil, err
 			}
 			if t == nil {
 				continue
@@ -202,11 +206,31 @@ func serialElsewhere(recs ledger.Records, serial, site string) (string, error) {
 		}
 		eff, voided, err := recs.Effective(r)
 		if err != nil {
-			return "", err
+			return nil, err
 		}
-		if !voided && slices.Contains(eff.Serials, serial) {
-			return r.Site, nil
+		if voided {
+			continue
+		}
+		// What c states and the record as it stands still states.
+		for _, s := range c.Serials {
+			if _, done := found[s]; !done && slices.Contains(serials, s) && slices.Contains(eff.Serials, s) {
+				found[s] = r.Site
+			}
 		}
 	}
-	return "", nil
+	return found, nil
+}
+
+// serialLookup returns a function that says which other site reported a
+// serial number of serials ("" if none), reading what it needs on its
+// first call: most records' discrepancy checks never ask.
+func serialLookup(recs ledger.Records, serials []string, site string) func(string) (string, error) {
+	var found map[string]string
+	var err error
+	return func(s string) (string, error) {
+		if found == nil && err == nil {
+			found, err = serialsElsewhere(recs, serials, site)
+		}
+		return found[s], err
+	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"fieldsync/internal/atomicfile"
 	"fieldsync/internal/ledger"
+	"fieldsync/internal/wal"
 	"fieldsync/protocol"
 )
 
@@ -151,6 +152,11 @@ func (h *Hub) IntakeFile(path string) (Result, error) {
 	return res, nil
 }
 
+// maxApplyBytes bounds the records one bundle applies: they go into one
+// ledger Write, which must stay under the log's entry limit. Agents seal
+// bundles of at most half of this (agent.MaxBundleRawBytes, 16 MiB).
+const maxApplyBytes = wal.MaxEntrySize / 2
+
 // apply stores a verified bundle's records and moves the agent's chain on,
 // in one durable write. Records already stored by (agent, seq) are skipped:
 // that is what makes every record apply exactly once.
@@ -203,6 +209,12 @@ func (h *Hub) apply(b *protocol.Bundle) (int, error) {
 			size := 0
 			for _, j := range fresh {
 				size += len(b.RecordJSON[j]) + 24 // and its framing
+			}
+			if size > maxApplyBytes {
+				// The Write would exceed the log's entry limit and fail on
+				// every retry: refuse the bundle for good instead.
+				return &IntakeError{Result: Result{State: protocol.AckQuarantined, Reason: fmt.Sprintf(
+					"bundle holds %d bytes of new records, over the %d a bundle may apply at once", size, maxApplyBytes)}}
 			}
 			tx.Grow(size)
 		}
@@ -267,7 +279,8 @@ func putRecord(tx *ledger.Txn, b *protocol.Bundle, i int) error {
 // newRecords returns the indexes of the records of a bundle from agent a
 // that the hub does not hold yet, in order; or an *IntakeError if one
 // claims another sender, or an (agent, seq) or an id that another record
-// has, in the ledger or earlier in the bundle. (The bundle's seqs increase,
+// has, in the ledger or earlier in the bundle, or a seq below the agent's
+// last applied that the hub does not hold. (The bundle's seqs increase,
 // which the bundle decoder checked.)
 func newRecords(txn *memdb.Txn, a *ledger.Agent, recs []protocol.Record) ([]int, error) {
 	quarantine := func(format string, args ...any) error {
@@ -276,6 +289,7 @@ func newRecords(txn *memdb.Txn, a *ledger.Agent, recs []protocol.Record) ([]int,
 	fresh := make([]int, 0, len(recs))
 	ids := make(map[string]bool, len(recs))
 	stored := ledger.RecordsOf(txn)
+	last := stored.LastSeq(a.ID)
 	for i := range recs {
 		rec := &recs[i]
 		if rec.Agent != a.ID || rec.Site != a.Site {
@@ -294,6 +308,13 @@ func newRecords(txn *memdb.Txn, a *ledger.Agent, recs []protocol.Record) ([]int,
 				return nil, quarantine("record %d of agent %s was already applied with another id", rec.Seq, rec.Agent)
 			}
 			continue
+		}
+		if rec.Seq <= last {
+			// A gap below records already applied: an agent numbers its
+			// records in order and bundles follow their chain, so this is
+			// no agent's doing (and it would make the store insert rather
+			// than append).
+			return nil, quarantine("record %s has seq %d, below %d, the last applied from agent %s", rec.ID, rec.Seq, last, rec.Agent)
 		}
 		if dup, err := stored.ByID(rec.ID); err != nil {
 			return nil, err

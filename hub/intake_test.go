@@ -118,6 +118,35 @@ func TestIntakeRefusesConflictsWhole(t *testing.T) {
 	}
 }
 
+// TestIntakeRefusesRecordsBelowTheLast: a bundle that follows its chain
+// but brings records numbered below the sender's last applied one, which
+// the hub does not hold, is quarantined: an agent numbers its records in
+// order, so no honest agent sends it.
+func TestIntakeRefusesRecordsBelowTheLast(t *testing.T) {
+	dir := t.TempDir()
+	if _, err := Init(dir); err != nil {
+		t.Fatal(err)
+	}
+	h := openTestHub(t, dir)
+	defer h.Close()
+	key := benchAgent(t, h, "A-BENCH", "UA-KV-017")
+	recs := append(benchRecords("A-BENCH", "UA-KV-017", 5, 6), benchRecords("A-BENCH", "UA-KV-017", 1, 3)...)
+	bundles := sealChain(t, h, "A-BENCH", "UA-KV-017", key, recs, 6)
+	if res, err := h.IntakeFile(writeBundle(t, dir, "b1.age", bundles[0])); err != nil || res.State != protocol.AckApplied {
+		t.Fatalf("first bundle: %+v, %v", res, err)
+	}
+	before := hubState(t, h)
+	res, err := h.IntakeFile(writeBundle(t, dir, "b2.age", bundles[1]))
+	if ie, ok := errors.AsType[*IntakeError](err); !ok || res.State != protocol.AckQuarantined {
+		t.Fatalf("second bundle: %+v, %v; want quarantined", res, err)
+	} else if !strings.Contains(ie.Result.Reason, "below 10") {
+		t.Errorf("reason %q does not name the last applied seq", ie.Result.Reason)
+	}
+	if after := hubState(t, h); !reflect.DeepEqual(after[ledger.TableRecords], before[ledger.TableRecords]) {
+		t.Errorf("records changed: %d before, %d after", len(before[ledger.TableRecords]), len(after[ledger.TableRecords]))
+	}
+}
+
 // TestIntakeStateSurvivesReopening: what intake applied live (large
 // bundles, discrepancies, over-deliveries) is what loading the snapshot and
 // replaying the log after it gives.

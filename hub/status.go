@@ -733,12 +733,16 @@ func buildStatusAgg(txn *memdb.Txn) (*statusAgg, error) {
 		}
 	}
 	for _, w := range withSerials {
+		// Serials no record but this one states need no look.
+		alone := func(s string) bool {
+			return serialCount[maphash.String(seed, s)] < 2 && slices.Contains(w.r.Serials, s)
+		}
+		elsewhere := serialLookup(recs, slices.DeleteFunc(slices.Clone(w.eff.Serials), alone), w.eff.Site)
 		ds, err := serialDiscrepancies(nil, w.eff, func(s string) (string, error) {
-			if serialCount[maphash.String(seed, s)] < 2 && slices.Contains(w.r.Serials, s) {
-				// No record but this one states it.
+			if alone(s) {
 				return "", nil
 			}
-			return serialElsewhere(recs, s, w.eff.Site)
+			return elsewhere(s)
 		})
 		if err != nil {
 			return nil, err
@@ -884,24 +888,22 @@ func (a *statusAgg) update(txn *memdb.Txn) error {
 
 	// Whether a serial number was reported at another site depends on every
 	// record that states it.
-	for s := range serials {
-		for r, err := range recs.WithSerial(s) {
+	for r, err := range recs.WithSerials(slices.Collect(maps.Keys(serials))...) {
+		if err != nil {
+			return err
+		}
+		if r.Type == protocol.TypeAmendment {
+			t, err := recs.ByID(r.Target)
 			if err != nil {
 				return err
 			}
-			if r.Type == protocol.TypeAmendment {
-				t, err := recs.ByID(r.Target)
-				if err != nil {
-					return err
-				}
-				if t == nil {
-					continue
-				}
-				r = t
+			if t == nil {
+				continue
 			}
-			if !isCorrection(r) {
-				dirty[r.ID] = r
-			}
+			r = t
+		}
+		if !isCorrection(r) {
+			dirty[r.ID] = r
 		}
 	}
 
@@ -929,7 +931,7 @@ func (a *statusAgg) update(txn *memdb.Txn) error {
 				p = pa.p
 			}
 			ds = ownDiscrepancies(nil, &eff, p)
-			if ds, err = serialDiscrepancies(ds, &eff, func(s string) (string, error) { return serialElsewhere(recs, s, eff.Site) }); err != nil {
+			if ds, err = serialDiscrepancies(ds, &eff, serialLookup(recs, eff.Serials, eff.Site)); err != nil {
 				return err
 			}
 		}

@@ -660,7 +660,7 @@ func refRecordDiscrepancies(txn *memdb.Txn, rec *protocol.Record) ([]Discrepancy
 // refSerialElsewhere is serialElsewhere as it was.
 func refSerialElsewhere(txn *memdb.Txn, serial, site string) (string, error) {
 	recs := ledger.RecordsOf(txn)
-	for r, err := range recs.WithSerial(serial) {
+	for r, err := range recs.WithSerials(serial) {
 		if err != nil {
 			return "", err
 		}

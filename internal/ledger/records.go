@@ -41,8 +41,12 @@ const (
 	recordBlockSize = 32 << 10
 	// idChunkSize is the size of the chunks record ids are kept in.
 	idChunkSize = 256 << 10
-	// blockCacheSize is how many decompressed blocks are kept for readers.
-	blockCacheSize = 64
+	// blockCacheBytes bounds the decompressed blocks kept for readers (a
+	// record with thousands of serial numbers makes a block of a megabyte).
+	blockCacheBytes = 4 << 20
+	// scanPageBytes bounds the JSON of the records an iterator decodes at
+	// a time, besides scanPage.
+	scanPageBytes = 4 << 20
 	// recordsRowKey is the key of the one row of the records table.
 	recordsRowKey = "records"
 )
@@ -307,7 +311,7 @@ func (s *recordStore) unindexLocked(r *protocol.Record, ord uint32) {
 		delete(s.byID, s.hash(r.ID))
 	}
 	if ar := s.agents[r.Agent]; ar != nil {
-		if i := slices.Index(ar.ords, ord); i >= 0 {
+		if i := ar.search(r.Seq); i < len(ar.ords) && ar.ords[i] == ord {
 			ar.seqs, ar.ords = slices.Delete(ar.seqs, i, i+1), slices.Delete(ar.ords, i, i+1)
 		}
 		if len(ar.ords) == 0 {
@@ -441,6 +445,7 @@ type blockCache struct {
 	mu    sync.Mutex
 	m     map[uint32][]byte
 	order []uint32 // oldest first
+	bytes int      // of the blocks in m
 }
 
 func (c *blockCache) get(i uint32) ([]byte, bool) {
@@ -456,17 +461,20 @@ func (c *blockCache) put(i uint32, b []byte) {
 	if _, ok := c.m[i]; ok {
 		return
 	}
-	if len(c.order) >= blockCacheSize {
+	for len(c.order) > 0 && c.bytes+len(b) > blockCacheBytes {
+		c.bytes -= len(c.m[c.order[0]])
 		delete(c.m, c.order[0])
 		c.order = c.order[1:]
 	}
 	c.m[i] = b
+	c.bytes += len(b)
 	c.order = append(c.order, i)
 }
 
 func (c *blockCache) drop(i uint32) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.bytes -= len(c.m[i])
 	delete(c.m, i)
 	c.order = slices.DeleteFunc(c.order, func(j uint32) bool { return j == i })
 }
@@ -628,8 +636,8 @@ func (v Records) agentPage(agent string, from uint64) ([]*protocol.Record, error
 		return nil, nil, false
 	}
 	var out []*protocol.Record
-	i := ar.search(from)
-	for ; i < len(ar.ords) && len(out) < scanPage; i++ {
+	i, size := ar.search(from), 0
+	for ; i < len(ar.ords) && len(out) < scanPage && size < scanPageBytes; i++ {
 		if ar.ords[i] >= v.n {
 			continue
 		}
@@ -637,6 +645,7 @@ func (v Records) agentPage(agent string, from uint64) ([]*protocol.Record, error
 		if err != nil {
 			return out, err, false
 		}
+		size += int(v.s.slots[ar.ords[i]].n)
 		out = append(out, r)
 	}
 	return out, nil, i < len(ar.ords)
@@ -680,25 +689,42 @@ func (v Records) OfAgents(agents ...string) iter.Seq2[*protocol.Record, error] {
 // whether yield asked for all of them. Records are decoded a page at a
 // time under the store's lock; past one page, the next page is decoded on
 // another goroutine while the caller works through this one, so a long
-// scan (a hub's status, an export) uses both cores. Repeated strings
-// (agents, sites, items, pledges) are shared among the records of a scan.
+// scan (a hub's status, an export) uses both cores. That goroutine never
+// outlives the call: a view inside a Write may lose its records to an
+// undo once the caller returns. Repeated strings (agents, sites, items,
+// pledges) are shared among the records of a scan.
 func (v Records) yieldOrds(ords []uint32, yield func(*protocol.Record, error) bool) bool {
 	if len(ords) == 0 {
 		return true
 	}
 	if len(ords) <= scanPage {
-		return v.decodePage(ords, nil).yield(yield)
+		p, rest := v.decodePage(ords, nil)
+		if !p.yield(yield) {
+			return false
+		}
+		if len(rest) == 0 {
+			return true
+		}
+		ords = rest
 	}
 	in := newInterner()
 	pages := make(chan recordPage, 1)
 	stop := make(chan struct{})
-	defer close(stop)
+	defer func() {
+		close(stop)
+		for range pages {
+		}
+	}()
 	go func() {
 		defer close(pages)
 		for len(ords) > 0 {
-			n := min(len(ords), scanPage)
-			p := v.decodePage(ords[:n], in)
-			ords = ords[n:]
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			var p recordPage
+			p, ords = v.decodePage(ords, in)
 			select {
 			case pages <- p:
 			case <-stop:
@@ -723,20 +749,26 @@ type recordPage struct {
 	err  error
 }
 
-// decodePage decodes the records of ords.
-func (v Records) decodePage(ords []uint32, in *interner) recordPage {
-	p := recordPage{recs: make([]*protocol.Record, 0, len(ords))}
+// decodePage decodes the records of a page from the start of ords (up to
+// scanPage records or scanPageBytes of JSON) and returns them and the
+// ordinals after the page.
+func (v Records) decodePage(ords []uint32, in *interner) (recordPage, []uint32) {
+	p := recordPage{recs: make([]*protocol.Record, 0, min(len(ords), scanPage))}
 	v.s.mu.RLock()
 	defer v.s.mu.RUnlock()
-	for _, ord := range ords {
+	size := 0
+	for len(ords) > 0 && len(p.recs) < scanPage && size < scanPageBytes {
+		ord := ords[0]
 		r, err := v.s.recordIn(ord, in)
 		if err != nil {
 			p.err = err
 			break
 		}
+		ords = ords[1:]
+		size += int(v.s.slots[ord].n)
 		p.recs = append(p.recs, r)
 	}
-	return p
+	return p, ords
 }
 
 // yield yields the page's records, then its error, and reports whether
@@ -797,21 +829,32 @@ func (v Records) Corrected() []string {
 	return out
 }
 
-// WithSerial yields the records that state serial number sn, in the order
-// they were stored. Only a hub's ledger keeps the index it needs: at an
-// agent it yields nothing.
-func (v Records) WithSerial(sn string) iter.Seq2[*protocol.Record, error] {
+// WithSerials yields the records that state any of serial numbers sns,
+// each once, in the order they were stored. Only a hub's ledger keeps the
+// index it needs: at an agent it yields nothing.
+func (v Records) WithSerials(sns ...string) iter.Seq2[*protocol.Record, error] {
 	return func(yield func(*protocol.Record, error) bool) {
-		for r, err := range v.listed(func(s *recordStore) []uint32 {
-			h := s.hash(sn)
-			first, ok := s.bySerial[h]
-			if !ok {
-				return nil
+		if len(sns) == 0 {
+			return
+		}
+		want := make(map[string]bool, len(sns))
+		for _, sn := range sns {
+			want[sn] = true
+		}
+		candidates := v.listed(func(s *recordStore) []uint32 {
+			var ords []uint32
+			for sn := range want {
+				h := s.hash(sn)
+				if first, ok := s.bySerial[h]; ok {
+					ords = append(append(ords, first), s.serialMore[h]...)
+				}
 			}
-			return append([]uint32{first}, s.serialMore[h]...)
-		}) {
-			// Another serial number may share the hash.
-			if err != nil || slices.Contains(r.Serials, sn) {
+			slices.Sort(ords)
+			return slices.Compact(ords)
+		})
+		for r, err := range candidates {
+			// Other serial numbers may share the hashes.
+			if err != nil || slices.ContainsFunc(r.Serials, func(sn string) bool { return want[sn] }) {
 				if !yield(r, err) {
 					return
 				}

@@ -497,7 +497,7 @@ func lookupCases() []lookupCase {
 	}
 	for _, sn := range []string{"SN-A-1-1-a", "SN-A-2-1000-b", "SN-A-10-999-a", "SN-SHARED", "SN-A-2-999-a", "nope", ""} {
 		cases = append(cases, recordsCase(fmt.Sprintf("WithSerial(%q)", sn),
-			func(v Records) iter.Seq2[*protocol.Record, error] { return v.WithSerial(sn) },
+			func(v Records) iter.Seq2[*protocol.Record, error] { return v.WithSerials(sn) },
 			func(m *recordModel) []*protocol.Record { return m.withSerial(sn) }))
 	}
 	return cases
@@ -584,7 +584,7 @@ func TestRecordsZero(t *testing.T) {
 			}
 			for name, it := range map[string]iter.Seq2[*protocol.Record, error]{
 				"All": v.All(), "OfAgent": v.OfAgent("A-1", 0), "Naming": v.Naming("P-1"),
-				"Correcting": v.Correcting("A-1-R00001"), "WithSerial": v.WithSerial("SN-1-a"),
+				"Correcting": v.Correcting("A-1-R00001"), "WithSerial": v.WithSerials("SN-1-a"),
 			} {
 				if got := collect(t, it); len(got) != 0 {
 					t.Errorf("%s yields %d records", name, len(got))
@@ -929,7 +929,7 @@ func testFailedWriteRestores(t *testing.T, c failingWrite) {
 		if got := v.LastSeq("A-1"); got != 1000 {
 			t.Errorf("LastSeq(A-1) = %d, want 1000: the failed Write's records count", got)
 		}
-		if got := collect(t, v.WithSerial("SN-A-1-7-a")); len(got) != 1 {
+		if got := collect(t, v.WithSerials("SN-A-1-7-a")); len(got) != 1 {
 			t.Errorf("WithSerial finds %d records, want 1: the failed Write's count", len(got))
 		}
 	}
@@ -1037,7 +1037,7 @@ func TestRecordsViewIsStable(t *testing.T) {
 		if r, _ := v.At("A-1", 601); r != nil {
 			t.Error("the old view finds A-1 601, stored after it")
 		}
-		if got := collect(t, v.WithSerial("SN-SHARED")); len(got) != 6 {
+		if got := collect(t, v.WithSerials("SN-SHARED")); len(got) != 6 {
 			t.Errorf("the old view finds SN-SHARED in %d records, want 6", len(got))
 		}
 		if got := v.IDsWithPrefix("A-", 1<<20); len(got) != 600 {
@@ -1259,7 +1259,7 @@ func TestRecordsUnusualContent(t *testing.T) {
 						}
 					}
 					if c.sn != "" {
-						got := recordIDs(collect(t, v.WithSerial(c.sn)))
+						got := recordIDs(collect(t, v.WithSerials(c.sn)))
 						want := []string{c.rec.ID}
 						if role != RoleHub {
 							want = nil
@@ -1327,7 +1327,7 @@ func TestRecordsHashCollisions(t *testing.T) {
 		}
 		return r != nil && r.ID == id
 	}
-	serialIDs := func(v Records, sn string) []string { return recordIDs(collect(t, v.WithSerial(sn))) }
+	serialIDs := func(v Records, sn string) []string { return recordIDs(collect(t, v.WithSerials(sn))) }
 
 	// A Write that stores both colliding ids, then fails.
 	err := l.Write(func(tx *Txn) error {

@@ -103,7 +103,7 @@ func dumpRecords(t testing.TB, v Records) map[string][]string {
 	}
 	slices.Sort(serials)
 	for _, sn := range slices.Compact(serials) {
-		ids(recordsBySerial, v.WithSerial(sn))
+		ids(recordsBySerial, v.WithSerials(sn))
 	}
 	return out
 }
