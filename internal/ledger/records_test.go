@@ -1449,3 +1449,41 @@ func TestReplayOfARecordPutTwice(t *testing.T) {
 		})
 	}
 }
+
+// TestScanStoppedEarlyInAFailedWrite: a Write reads its own records with a
+// long scan, stops it early and fails. The undo removes those records; the
+// scan's prefetching must not go on reading them (it did, and panicked on
+// a slot that no longer existed).
+func TestScanStoppedEarlyInAFailedWrite(t *testing.T) {
+	l, err := Open(t.TempDir(), Options{NoSync: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	boom := errors.New("boom")
+	for round := range 50 {
+		err := l.Write(func(tx *Txn) error {
+			for i := range 4 * scanPage {
+				if err := tx.Put(TableRecords, testRecord("A1", uint64(round*10000+i+1))); err != nil {
+					return err
+				}
+			}
+			n := 0
+			for _, err := range RecordsOf(tx.Txn).All() {
+				if err != nil {
+					return err
+				}
+				if n++; n == scanPage+1 {
+					break
+				}
+			}
+			return boom
+		})
+		if !errors.Is(err, boom) {
+			t.Fatalf("round %d: %v", round, err)
+		}
+	}
+	if n := viewOf(t, l).Len(); n != 0 {
+		t.Errorf("%d records after only failed Writes", n)
+	}
+}
