@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"crypto/ed25519"
 	"encoding/json"
 	"errors"
 	"os"
@@ -22,6 +23,19 @@ func openTestHub(t *testing.T, dir string) *Hub {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// newIntakeHub initialises a hub in a new directory and opens it, with an
+// agent A-BENCH of site UA-KV-017 admitted; it returns the hub, its
+// directory and the agent's key.
+func newIntakeHub(t *testing.T) (*Hub, string, ed25519.PrivateKey) {
+	t.Helper()
+	dir := t.TempDir()
+	if _, err := Init(dir); err != nil {
+		t.Fatal(err)
+	}
+	h := openTestHub(t, dir)
+	return h, dir, benchAgent(t, h, "A-BENCH", "UA-KV-017")
 }
 
 // hubState lists every object of every table as JSON.
@@ -86,13 +100,8 @@ func TestIntakeRefusesConflictsWhole(t *testing.T) {
 		{"record of another agent", func(recs []protocol.Record) { recs[2900].Agent = "A-OTHER" }, "not the sender's"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			dir := t.TempDir()
-			if _, err := Init(dir); err != nil {
-				t.Fatal(err)
-			}
-			h := openTestHub(t, dir)
+			h, dir, key := newIntakeHub(t)
 			defer h.Close()
-			key := benchAgent(t, h, "A-BENCH", "UA-KV-017")
 			pledges := benchPledges(t, h, "UA-KV-017", 100)
 			other := benchRecords("A-OTHER", "UA-KV-017", 1, 1)
 			other[0].ID = "01JOTHER"
@@ -123,13 +132,8 @@ func TestIntakeRefusesConflictsWhole(t *testing.T) {
 // the hub does not hold, is quarantined: an agent numbers its records in
 // order, so no honest agent sends it.
 func TestIntakeRefusesRecordsBelowTheLast(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := Init(dir); err != nil {
-		t.Fatal(err)
-	}
-	h := openTestHub(t, dir)
+	h, dir, key := newIntakeHub(t)
 	defer h.Close()
-	key := benchAgent(t, h, "A-BENCH", "UA-KV-017")
 	recs := append(benchRecords("A-BENCH", "UA-KV-017", 5, 6), benchRecords("A-BENCH", "UA-KV-017", 1, 3)...)
 	bundles := sealChain(t, h, "A-BENCH", "UA-KV-017", key, recs, 6)
 	if res, err := h.IntakeFile(writeBundle(t, dir, "b1.age", bundles[0])); err != nil || res.State != protocol.AckApplied {
@@ -151,12 +155,7 @@ func TestIntakeRefusesRecordsBelowTheLast(t *testing.T) {
 // bundles, discrepancies, over-deliveries) is what loading the snapshot and
 // replaying the log after it gives.
 func TestIntakeStateSurvivesReopening(t *testing.T) {
-	dir := t.TempDir()
-	if _, err := Init(dir); err != nil {
-		t.Fatal(err)
-	}
-	h := openTestHub(t, dir)
-	key := benchAgent(t, h, "A-BENCH", "UA-KV-017")
+	h, dir, key := newIntakeHub(t)
 	pledges := benchPledges(t, h, "UA-KV-017", 50)
 	recs := benchRecords("A-BENCH", "UA-KV-017", 1, 5000, pledges...)
 	for i := range recs {

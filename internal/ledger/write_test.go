@@ -306,22 +306,7 @@ func TestPutRecordIsPut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = l.Write(func(tx *Txn) error {
-		for _, r := range recs {
-			raw, err := json.Marshal(r)
-			if err != nil {
-				return err
-			}
-			var decoded protocol.Record
-			if err := json.Unmarshal(raw, &decoded); err != nil {
-				return err
-			}
-			if err := tx.PutRecord(&decoded, raw); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	err = l.Write(func(tx *Txn) error { return putRecords(tx, recs, true) })
 	if err != nil {
 		t.Fatal(err)
 	}
