@@ -333,7 +333,7 @@ func (t *Txn) fixRecords() error {
 		return nil
 	}
 	t.live = false
-	n := uint32(t.l.records.mark().records)
+	n := t.l.records.count()
 	return t.Txn.Insert(TableRecords, &recordsRow{Key: recordsRowKey, n: n, store: t.l.records})
 }
 

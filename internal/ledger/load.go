@@ -111,7 +111,7 @@ func load(db *memdb.MemDB, records *recordStore, dir string, opts Options, lg *s
 	}
 	// The records row is put once: nothing reads the state until it is
 	// loaded.
-	n := uint32(records.mark().records)
+	n := records.count()
 	if err := txn.Insert(TableRecords, &recordsRow{Key: recordsRowKey, n: n, store: records}); err != nil {
 		res.log.Close()
 		return nil, fmt.Errorf("load records: %w", err)

@@ -164,6 +164,13 @@ func (s *recordStore) mark() storeMark {
 	return m
 }
 
+// count returns the number of records stored, published or not.
+func (s *recordStore) count() uint32 {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return uint32(len(s.slots))
+}
+
 // add appends r, whose JSON is raw, and returns the number of records
 // after it. raw is copied.
 func (s *recordStore) add(r *protocol.Record, raw []byte) (uint32, error) {
@@ -493,7 +500,7 @@ func RecordsOf(txn *memdb.Txn) Records {
 	obj, err := txn.First(TableRecords, IndexID, recordsRowKey)
 	if row, ok := obj.(*recordsRow); ok && err == nil {
 		if row.live {
-			return Records{s: row.store, n: uint32(row.store.mark().records)}
+			return Records{s: row.store, n: row.store.count()}
 		}
 		return Records{s: row.store, n: row.n}
 	}
