@@ -51,6 +51,7 @@ type tcpLink struct {
 	tunAgent       *os.File
 	tunHub         *os.File
 	path           *linksim.Path
+	pathStart      time.Time // when path started: its scheduled outages count from there
 	wg             sync.WaitGroup
 
 	mu    sync.Mutex
@@ -173,7 +174,7 @@ func newTCPLink(p linksim.Profile, seed int64) (*tcpLink, error) {
 	q := p
 	q.Rate = p.Rate * (tunMTU + linksim.UDPOverhead) / tunMTU
 	q.DownRate = q.Rate
-	l.path = linksim.NewPath(q, seed)
+	l.path, l.pathStart = linksim.NewPath(q, seed), time.Now()
 	agentEnd, hubEnd := l.path.Endpoints()
 	pump := func(tun *os.File, end *linksim.Conn, to net.Addr) {
 		l.wg.Go(func() { // TUN to link
@@ -247,7 +248,7 @@ func selfSigned() (tls.Certificate, error) {
 // and then reports what it moved. It returns ErrNoNamespaces where it
 // cannot run.
 func HTTPSUpload(ctx context.Context, p linksim.Profile, seed int64, objs []Object, cc string, outage, limit time.Duration) (Result, error) {
-	res := Result{Profile: p.Name, Method: "https (kernel tcp)", outage: outage}
+	res := Result{Profile: p.Name, Method: "https (kernel tcp)"}
 	l, err := newTCPLink(p, seed)
 	if err != nil {
 		return res, err
@@ -276,7 +277,7 @@ func HTTPSUpload(ctx context.Context, p linksim.Profile, seed int64, objs []Obje
 	}
 	var got atomic.Int64
 	var cutOnce sync.Once
-	var q1, q3 atomic.Int64 // unix nanoseconds
+	var q1, q3, cutAt atomic.Int64 // unix nanoseconds
 	start := time.Now()
 	srv := &http.Server{
 		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13},
@@ -293,6 +294,7 @@ func HTTPSUpload(ctx context.Context, p linksim.Profile, seed int64, objs []Obje
 				}
 				if g >= total/2 && outage > 0 {
 					cutOnce.Do(func() {
+						cutAt.Store(time.Now().UnixNano())
 						res.OutageAt = time.Since(start)
 						l.mu.Lock()
 						l.up = time.Now().Add(outage)
@@ -351,6 +353,11 @@ func HTTPSUpload(ctx context.Context, p linksim.Profile, seed int64, objs []Obje
 		resp.Body.Close()
 	}
 	res.Took = time.Since(start)
+	down := linkDown{p: p, start: l.pathStart, cut: outage}
+	if at := cutAt.Load(); at != 0 {
+		down.cutAt = time.Unix(0, at)
+	}
+	res.DownTime = down.between(start, time.Now())
 	res.Bytes = min(got.Load(), total)
 	s := l.path.Stats()
 	res.Up, res.Down = s.Uplink, s.Downlink
@@ -361,7 +368,8 @@ func HTTPSUpload(ctx context.Context, p linksim.Profile, seed int64, objs []Obje
 	}
 	l.mu.Unlock()
 	if a, b := q1.Load(), q3.Load(); a != 0 && b != 0 {
-		res.Steady = steady(p, total, time.Unix(0, a), time.Unix(0, b), outage)
+		q1, q3 := time.Unix(0, a), time.Unix(0, b)
+		res.Steady = steady(p, total, q1, q3, down.between(q1, q3))
 	}
 	if res.Err != nil && ctx.Err() != nil {
 		res.Err = fmt.Errorf("stopped after %v with %d of %d bytes across", limit, res.Bytes, total)
@@ -412,6 +420,7 @@ func RealUDPTransfer(ctx context.Context, p linksim.Profile, seed int64, objs []
 	a := &agent{dialer: dialer, addr: net.JoinHostPort(hubIP, "4433"), tls: clientTLS, objs: objs}
 	res.Err = a.session(ctx)
 	res.Took = time.Since(start)
+	res.DownTime = p.DownBetween(l.pathStart, start, time.Now())
 	res.QUIC, res.Dials = a.stats, a.dials
 	cancel()
 	wg.Wait()
@@ -424,7 +433,7 @@ func RealUDPTransfer(ctx context.Context, p linksim.Profile, seed int64, objs []
 		res.Bytes += int64(n)
 	}
 	hub.mu.Unlock()
-	res.Steady = steady(p, int64(hub.total), hub.q1, hub.q3, 0)
+	res.Steady = steady(p, int64(hub.total), hub.q1, hub.q3, p.DownBetween(l.pathStart, hub.q1, hub.q3))
 	if res.Err == nil {
 		res.Err = hub.check()
 	}

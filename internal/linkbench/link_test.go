@@ -31,18 +31,24 @@ func TestTransfer(t *testing.T) {
 		profile string
 		outage  time.Duration
 		objects int
+		// handover, if not zero, is when leo's first handover comes.
+		handover time.Duration
 	}{
-		{"geo", 0, 3},
-		{"geo-bad", 0, 2},
-		{"leo", 0, 3},
-		{"bgan", 0, 1},
-		{"geo", linksim.CutOutage, 3},
-		{"leo", linksim.CutOutage, 3},
+		{"geo", 0, 3, 0},
+		{"geo-bad", 0, 2, 0},
+		{"leo", 0, 3, 0},
+		{"leo", 0, 3, 500 * time.Millisecond},
+		{"bgan", 0, 1, 0},
+		{"geo", linksim.CutOutage, 3, 0},
+		{"leo", linksim.CutOutage, 3, 0},
 	}
 	for _, tt := range tests {
 		name := tt.profile
 		if tt.outage > 0 {
 			name = "cut-" + name
+		}
+		if tt.handover > 0 {
+			name += "-handover"
 		}
 		t.Run(name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
@@ -50,12 +56,16 @@ func TestTransfer(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
+				p.OutageFirst = tt.handover
 				res := Transfer(t.Context(), Run{Profile: p, Seed: 11, Objects: objects(tt.objects, 1<<20, 1), Method: Shielded, Outage: tt.outage})
 				if res.Err != nil {
 					t.Fatal(res.Err)
 				}
 				t.Logf("%s: %d bytes in %v, goodput %.0f%%, %.3f link bytes per byte; %d dial(s); outage at %v, data again %v after, %d link bytes lost to it",
 					name, res.Bytes, res.Took, 100*res.Goodput(p), res.LinkPerByte(), res.Dials, res.OutageAt, res.ResumeAfter, res.LinkBytesLost)
+				if tt.handover > 0 && res.DownTime != p.OutageFor {
+					t.Errorf("the link was down %v during the transfer, want one handover of %v", res.DownTime, p.OutageFor)
+				}
 				if res.Dials != 1 || res.ChunkBytesResent != 0 {
 					t.Errorf("%d dials, %d chunk bytes sent again: the session started over", res.Dials, res.ChunkBytesResent)
 				}

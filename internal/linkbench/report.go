@@ -23,12 +23,12 @@ type Row struct {
 
 // WriteTable writes rows as a Markdown table.
 func WriteTable(w io.Writer, rows []Row) {
-	fmt.Fprintln(w, "| link | method | time | goodput, % of link | steady, % of link | link bytes per payload byte (up / both) | lost to the outage, re-sent | data again after the link's return | dials |")
-	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|")
+	fmt.Fprintln(w, "| link | method | time | goodput, % of link | steady, % of link | link bytes per payload byte (up / both) | delivered above UDP per payload byte (up / both) | lost to the outage, re-sent | data again after the link's return | dials |")
+	fmt.Fprintln(w, "|---|---|--:|--:|--:|--:|--:|--:|--:|--:|")
 	for _, r := range rows {
 		res := r.Result
 		if r.Note != "" && res.Took == 0 {
-			fmt.Fprintf(w, "| %s | %s | — | — | — | — | — | — | %s |\n", r.Scenario, res.Method, r.Note)
+			fmt.Fprintf(w, "| %s | %s | — | — | — | — | — | — | — | %s |\n", r.Scenario, res.Method, r.Note)
 			continue
 		}
 		took := res.Took.Round(100 * time.Millisecond).String()
@@ -40,6 +40,10 @@ func WriteTable(w io.Writer, rows []Row) {
 		user := float64(r.Payload.UserBytes) * float64(res.Bytes) / float64(max(r.Payload.Bytes(), 1))
 		up := float64(res.Up.Sent.WireBytes()) / user
 		both := float64(res.Up.Sent.WireBytes()+res.Down.Sent.WireBytes()) / user
+		// What reached the other end, above IP and UDP: the protocol's,
+		// QUIC's and age's bytes, without what the link destroyed.
+		gotUp := float64(res.Up.Delivered.Bytes) / user
+		gotBoth := float64(res.Up.Delivered.Bytes+res.Down.Delivered.Bytes) / user
 		lost, again := "—", "—"
 		if res.OutageAt > 0 {
 			lost = kb(res.LinkBytesLost)
@@ -58,8 +62,8 @@ func WriteTable(w io.Writer, rows []Row) {
 		if res.Steady > 0 {
 			steady = fmt.Sprintf("%.0f", 100*res.Steady)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %.0f | %s | %.3f / %.3f | %s | %s | %s |\n",
-			r.Scenario, res.Method, took, 100*res.Goodput(r.Profile), steady, up, both, lost, again, dials)
+		fmt.Fprintf(w, "| %s | %s | %s | %.0f | %s | %.3f / %.3f | %.3f / %.3f | %s | %s | %s |\n",
+			r.Scenario, res.Method, took, 100*res.Goodput(r.Profile), steady, up, both, gotUp, gotBoth, lost, again, dials)
 	}
 }
 

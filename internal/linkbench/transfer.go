@@ -91,18 +91,18 @@ type Result struct {
 	// quarters of the bytes, as a share of the link's rate: the rate
 	// once the handshake and slow start are behind.
 	Steady float64
-	Err    error
-
-	outage time.Duration
+	// DownTime is how long the link was down during the transfer: the
+	// outage, and the profile's scheduled ones (a LEO terminal's
+	// handovers).
+	DownTime time.Duration
+	Err      error
 }
 
 // Goodput returns the object bytes moved per second of the link's time
-// (an outage's excluded) as a share of its rate.
+// as a share of its rate: the time the link was down does not count,
+// since nothing can use it.
 func (r Result) Goodput(p linksim.Profile) float64 {
-	took := r.Took
-	if r.OutageAt > 0 {
-		took -= r.outage
-	}
+	took := r.Took - r.DownTime
 	if p.Rate == 0 || took <= 0 {
 		return 0
 	}
@@ -121,7 +121,7 @@ func (r Result) LinkPerByte() float64 {
 // Transfer runs r and measures it. It must run inside a testing/synctest
 // bubble: it simulates the link with linksim, and its clock is virtual.
 func Transfer(ctx context.Context, r Run) Result {
-	res := Result{Profile: r.Profile.Name, Method: r.Method.Name, outage: r.Outage}
+	res := Result{Profile: r.Profile.Name, Method: r.Method.Name}
 	for _, o := range r.Objects {
 		res.Bytes += int64(len(o.Data))
 	}
@@ -163,13 +163,15 @@ func Transfer(ctx context.Context, r Run) Result {
 	hub := newReceiver(r.Objects)
 	start := time.Now()
 	var outageOnce sync.Once
+	var cutAt time.Time
 	hub.onHalf = func() {
 		if r.Outage <= 0 {
 			return
 		}
 		outageOnce.Do(func() {
+			cutAt = time.Now()
 			res.OutageAt = time.Since(start)
-			watch.mark(linkUp(r.Profile, pathStart, time.Now().Add(r.Outage)))
+			watch.mark(r.Profile.UpAt(pathStart, time.Now().Add(r.Outage)))
 			path.Cut(r.Outage)
 		})
 	}
@@ -192,6 +194,8 @@ func Transfer(ctx context.Context, r Run) Result {
 		res.Err = a.session(ctx)
 	}
 	res.Took = time.Since(start)
+	down := linkDown{p: r.Profile, start: pathStart, cutAt: cutAt, cut: r.Outage}
+	res.DownTime = down.between(start, time.Now())
 	res.QUIC, res.Dials, res.ChunkBytesResent = a.stats, a.dials, a.resent
 	if up, first := watch.times(); !up.IsZero() && !first.IsZero() {
 		res.ResumeAfter = first.Sub(up)
@@ -207,36 +211,53 @@ func Transfer(ctx context.Context, r Run) Result {
 	}
 	if r.Method.Conns <= 1 {
 		// Striped chunks complete in bursts: no steady rate to speak of.
-		res.Steady = steady(r.Profile, int64(hub.total), hub.q1, hub.q3, r.Outage)
+		res.Steady = steady(r.Profile, int64(hub.total), hub.q1, hub.q3, down.between(hub.q1, hub.q3))
 	}
 	return res
 }
 
+// linkDown is when a path of p, started at start, was down: its
+// scheduled outages, and a cut of the given length at cutAt (if cutAt is
+// not zero).
+type linkDown struct {
+	p     linksim.Profile
+	start time.Time
+	cutAt time.Time
+	cut   time.Duration
+}
+
+// between returns how long the link was down between a and b. A
+// scheduled outage during the cut does not count twice.
+func (d linkDown) between(a, b time.Time) time.Duration {
+	if d.cutAt.IsZero() || d.cut <= 0 {
+		return d.p.DownBetween(d.start, a, b)
+	}
+	cutEnd := d.cutAt.Add(d.cut)
+	clamp := func(t time.Time) time.Time {
+		if t.Before(a) {
+			return a
+		}
+		if t.After(b) {
+			return b
+		}
+		return t
+	}
+	from, to := clamp(d.cutAt), clamp(cutEnd)
+	return d.p.DownBetween(d.start, a, from) + to.Sub(from) + d.p.DownBetween(d.start, to, b)
+}
+
 // steady is the rate at which the middle half of total bytes arrived,
-// between q1 and q3 (an outage in between excluded), as a share of the
-// link's rate.
-func steady(p linksim.Profile, total int64, q1, q3 time.Time, outage time.Duration) float64 {
+// between q1 and q3 (the time the link was down in between excluded), as
+// a share of the link's rate.
+func steady(p linksim.Profile, total int64, q1, q3 time.Time, down time.Duration) float64 {
 	d := q3.Sub(q1)
-	if d > outage {
-		d -= outage
+	if d > down {
+		d -= down
 	}
 	if q1.IsZero() || q3.IsZero() || d <= 0 || p.Rate == 0 {
 		return 0
 	}
 	return float64(total/2) * 8 / d.Seconds() / float64(p.Rate)
-}
-
-// linkUp returns when a link of p, started at start, is up at or after
-// t: a cut may end during one of the profile's scheduled outages.
-func linkUp(p linksim.Profile, start, t time.Time) time.Time {
-	if p.OutageEvery <= 0 || p.OutageFor <= 0 {
-		return t
-	}
-	r := t.Sub(start)
-	if r >= p.OutageEvery && r%p.OutageEvery < p.OutageFor {
-		return t.Add(p.OutageFor - r%p.OutageEvery)
-	}
-	return t
 }
 
 // tlsPair returns the hub's and an agent's TLS configurations, made with

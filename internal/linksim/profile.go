@@ -69,6 +69,10 @@ type Profile struct {
 	// starts. While it is down every packet written is dropped, and every
 	// packet queued or in flight when it goes down is lost.
 	OutageEvery, OutageFor time.Duration
+	// OutageFirst, if not zero, starts the first outage this long after
+	// the path starts instead of at OutageEvery (the rest follow every
+	// OutageEvery): a transfer shorter than the period still meets one.
+	OutageFirst time.Duration
 }
 
 // The named profiles of the SPEC ("Link profiles"), plus lan.
@@ -119,7 +123,7 @@ func (p Profile) Validate() error {
 	if p.Rate < 0 || p.DownRate < 0 {
 		errs = append(errs, errors.New("rates must not be negative"))
 	}
-	if p.OutageEvery < 0 || p.OutageFor < 0 {
+	if p.OutageEvery < 0 || p.OutageFor < 0 || p.OutageFirst < 0 {
 		errs = append(errs, errors.New("outage period and length must not be negative"))
 	}
 	if p.OutageFor > 0 && p.OutageEvery <= p.OutageFor {
@@ -180,7 +184,38 @@ func newSchedule(p Profile, start time.Time) schedule {
 	if p.OutageEvery <= 0 || p.OutageFor <= 0 {
 		return schedule{}
 	}
+	if p.OutageFirst > 0 {
+		// The schedule counts its first outage one period after its
+		// start: move the start so that it falls at OutageFirst.
+		start = start.Add(p.OutageFirst - p.OutageEvery)
+	}
 	return schedule{start: start, every: p.OutageEvery, span: p.OutageFor}
+}
+
+// UpAt returns when a path of p that started at start is up at or after
+// t: t itself, unless one of its scheduled outages holds the link down.
+func (p Profile) UpAt(start, t time.Time) time.Time {
+	return newSchedule(p, start).upAt(t)
+}
+
+// DownBetween returns how long the scheduled outages of a path of p that
+// started at start hold the link down between a and b.
+func (p Profile) DownBetween(start, a, b time.Time) time.Duration {
+	s := newSchedule(p, start)
+	var down time.Duration
+	for t := a; s.every > 0 && t.Before(b); {
+		if s.downAt(t) {
+			up := s.upAt(t)
+			if up.After(b) {
+				up = b
+			}
+			down += up.Sub(t)
+			t = up
+			continue
+		}
+		t = s.next(t)
+	}
+	return down
 }
 
 // downAt reports whether the link is down at t.

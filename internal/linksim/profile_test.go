@@ -160,3 +160,59 @@ func TestSchedule(t *testing.T) {
 		t.Error("a schedule without outages has one")
 	}
 }
+
+func TestScheduleFirst(t *testing.T) {
+	t0 := time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+	const sec = time.Second
+	p := Profile{OutageEvery: 15 * sec, OutageFor: 1500 * time.Millisecond, OutageFirst: 5 * sec}
+	at := func(d time.Duration) time.Time { return t0.Add(d) }
+	s := newSchedule(p, t0)
+	tests := []struct {
+		t    time.Duration
+		down bool
+	}{
+		{0, false}, {4 * sec, false}, {5 * sec, true}, {6 * sec, true},
+		{6500 * time.Millisecond, false}, {15 * sec, false}, {20 * sec, true}, {35 * sec, true},
+	}
+	for _, tt := range tests {
+		if got := s.downAt(at(tt.t)); got != tt.down {
+			t.Errorf("downAt(%v) = %v, want %v", tt.t, got, tt.down)
+		}
+	}
+	if got := s.next(t0); !got.Equal(at(5 * sec)) {
+		t.Errorf("next(0) = %v, want 5s", got.Sub(t0))
+	}
+	if got := p.UpAt(t0, at(5*sec)); !got.Equal(at(6500 * time.Millisecond)) {
+		t.Errorf("UpAt(5s) = %v, want 6.5s", got.Sub(t0))
+	}
+}
+
+func TestDownBetween(t *testing.T) {
+	t0 := time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
+	const sec = time.Second
+	every := Profile{OutageEvery: 10 * sec, OutageFor: 2 * sec}
+	first := every
+	first.OutageFirst = time.Second
+	tests := []struct {
+		name string
+		p    Profile
+		a, b time.Duration
+		want time.Duration
+	}{
+		{"no outages", Profile{}, 0, time.Hour, 0},
+		{"before the first", every, 0, 10 * sec, 0},
+		{"all of the first", every, 0, 15 * sec, 2 * sec},
+		{"starting inside one", every, 11 * sec, 15 * sec, sec},
+		{"ending inside one", every, 5 * sec, 11 * sec, sec},
+		{"inside one", every, 10500 * time.Millisecond, 11 * sec, 500 * time.Millisecond},
+		{"three", every, 0, 35 * sec, 6 * sec},
+		{"with a first", first, 0, 12 * sec, 3 * sec},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.p.DownBetween(t0, t0.Add(tt.a), t0.Add(tt.b)); got != tt.want {
+				t.Errorf("DownBetween(%v, %v) = %v, want %v", tt.a, tt.b, got, tt.want)
+			}
+		})
+	}
+}
