@@ -328,13 +328,19 @@ func (a *agent) once(ctx context.Context) (bool, error) {
 	if err := protocol.WriteMessage(str, hello); err != nil {
 		return false, err
 	}
-	msg, err := protocol.ReadMessage(r)
-	if err != nil {
-		return false, err
-	}
-	ok, isOK := msg.(*protocol.HelloOK)
-	if !isOK {
-		return false, fmt.Errorf("hub answered %T", msg)
+	// As the agent's sync does, the first session sends right behind its
+	// Hello; a session after one that was cut off waits for the HelloOK,
+	// which says from where to resume.
+	var ok *protocol.HelloOK
+	if a.dials > 1 {
+		msg, err := protocol.ReadMessage(r)
+		if err != nil {
+			return false, err
+		}
+		var isOK bool
+		if ok, isOK = msg.(*protocol.HelloOK); !isOK {
+			return false, fmt.Errorf("hub answered %T", msg)
+		}
 	}
 	acked := make(chan error, 1)
 	var wg sync.WaitGroup
@@ -352,9 +358,13 @@ func (a *agent) once(ctx context.Context) (bool, error) {
 			}
 		}
 	})
-	for i := int(ok.HubHWM); i < len(a.objs); i++ {
+	from := 0
+	if ok != nil {
+		from = int(ok.HubHWM)
+	}
+	for i := from; i < len(a.objs); i++ {
 		off := 0
-		if ok.Partial.Seq == uint64(i+1) {
+		if ok != nil && ok.Partial.Seq == uint64(i+1) {
 			off = int(ok.Partial.Offset)
 		}
 		if err := a.sendObject(str, i, off); err != nil {

@@ -786,3 +786,48 @@ func FuzzShieldState(f *testing.F) {
 		}
 	})
 }
+
+// TestNewSenderAfterSilence: a new sender from an address (an agent's
+// new socket behind a NAT that kept its port) is refused while the
+// current sender still sends, and taken once that one has been silent
+// for a retransmission timeout, however often the new one pings
+// meanwhile. Its own pings used to count as the address talking, and
+// kept a redial after a long outage out for half an hour.
+func TestNewSenderAfterSilence(t *testing.T) {
+	s := &Shield{conf: ShieldConfig{Mode: Server}, peers: map[string]*peer{}, byQUIC: map[string]*peer{},
+		readWake: make(chan struct{}), kick: make(chan struct{}, 1), done: make(chan struct{}), pc: newFakeConn()}
+	addr := &net.UDPAddr{IP: net.IPv4(192, 0, 2, 10), Port: 40000}
+	now := time.Unix(1e9, 0)
+	feed := func(b []byte) {
+		t.Helper()
+		f, err := parseFrame(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		s.peerLocked(addr, true, now).handle(s, f, now)
+	}
+	const old, fresh = 100, 5000
+	for i := range uint32(10) {
+		feed(appendData(nil, old+i, i == 0, old, nil, []byte{0x40}))
+		now = now.Add(10 * time.Millisecond)
+	}
+	feed(appendData(nil, fresh, true, fresh, nil, []byte{0x40}))
+	if s.stats.Refused != 1 {
+		t.Fatalf("a new sender while the old one sends: %d refused, want 1", s.stats.Refused)
+	}
+	// The old sender falls silent (its connection died in an outage);
+	// the new one probes every 100 ms and sends its data now and then.
+	for i := range 300 {
+		now = now.Add(100 * time.Millisecond)
+		feed(appendPing(nil, uint32(i)))
+		if i%50 == 49 {
+			feed(appendData(nil, fresh, true, fresh, nil, []byte{0x40}))
+		}
+	}
+	p := s.peers[addr.String()]
+	if p.rcvISN != fresh {
+		t.Fatalf("the new sender was not taken after 30 s of silence from the old one (%d refused)", s.stats.Refused)
+	}
+}

@@ -15,6 +15,10 @@ type peer struct {
 	addr      net.Addr // where it is now
 	qaddr     net.Addr // where QUIC thinks it is: where it was first
 	lastHeard time.Time
+	// senderHeard is when the current sender's data last came: a new
+	// sender from the same address waits until that one has been silent
+	// for a retransmission timeout.
+	senderHeard time.Time
 	// proven says that addr is really the peer's: it echoed a ping id
 	// only a datagram sent there could tell, or (Client mode) it is the
 	// hub this end dialled. Until then the sender sends it no data and
@@ -161,15 +165,19 @@ func (p *peer) handle(s *Shield, f frame, now time.Time) bool {
 			p.pingFloor(now) // is it who it says?
 		}
 		if f.isNew && (!p.rcvInit || f.isn != p.rcvISN) {
-			if p.rcvInit && silent <= p.rto() {
-				// A new sender on an address that is talking: spoofed,
-				// or a stray from before; the real one will wait its
-				// turn (docs/transport.md, "Hostile input").
+			if p.rcvInit && now.Sub(p.senderHeard) <= p.rto() {
+				// A new sender while the current one still sends:
+				// spoofed, or a stray from before; the real one will
+				// wait its turn (docs/transport.md, "Hostile input").
+				// Only the current sender's data counts as its
+				// talking: the new sender's own pings and refused
+				// frames must not keep it out for ever.
 				s.stats.Refused++
 				return kick
 			}
 			p.newSender(s, f.isn)
 		}
+		p.senderHeard = now
 		if p.receive(f.seq, now) {
 			p.deliver(s, f.seq, slices.Clone(f.payload), now)
 		} else {
