@@ -25,7 +25,8 @@
 // # The model
 //
 // Each direction is a drop-tail queue of Profile.QueueBytes in front of a
-// transmitter of the profile's rate, then the propagation delay:
+// transmitter of the profile's rate, then the propagation delay (the
+// downlink's own, with Profile.Downlink set: links are rarely symmetric):
 //
 //	arrival = max(now, transmitter free) + (len+UDPOverhead)×8/rate + Delay + jitter
 //
@@ -34,8 +35,9 @@
 // from a PCG generator per direction seeded with the Path's seed, and the
 // n-th datagram of a direction draws the same numbers whatever happens to
 // it, so a seed gives the same losses in every run. While the link is down
-// (scheduled outages of the profile, or Down, Up and Cut on the Path)
-// datagrams written are dropped and those queued or in flight are lost.
+// (scheduled outages of the profile, or Down, Up and Cut on the Path; Down
+// can take one direction alone) datagrams written are dropped and those
+// queued or in flight are lost.
 // Stats counts each direction's datagrams and bytes: sent, delivered, lost,
 // dropped by a full queue, dropped by an outage.
 //

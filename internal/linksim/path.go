@@ -44,11 +44,11 @@ func NewPath(p Profile, seed int64) *Path {
 		panic(fmt.Sprintf("linksim.NewPath: %v", err))
 	}
 	path := &Path{profile: p}
-	path.agent = newConn(path, agentAddr, hubAddr, uplink)
-	path.hub = newConn(path, hubAddr, agentAddr, downlink)
+	path.agent = newConn(path, agentAddr, hubAddr, Uplink)
+	path.hub = newConn(path, hubAddr, agentAddr, Downlink)
 	path.shaper = newShaper(p, seed, UDPOverhead, [2]func([]byte) bool{
-		uplink:   path.hub.receive,
-		downlink: path.agent.receive,
+		Uplink:   path.hub.receive,
+		Downlink: path.agent.receive,
 	})
 	return path
 }
@@ -61,9 +61,10 @@ func (p *Path) Profile() Profile { return p.profile }
 // the other; datagrams to any other address vanish.
 func (p *Path) Endpoints() (agent, hub *Conn) { return p.agent, p.hub }
 
-// Down takes the link down in both directions until Up: datagrams written
-// meanwhile are dropped, and those queued or in flight are lost.
-func (p *Path) Down() { p.shaper.Down() }
+// Down takes the link down until Up, in the given directions or, with
+// none, in both: datagrams written meanwhile are dropped, and those queued
+// or in flight are lost.
+func (p *Path) Down(dirs ...Direction) { p.shaper.Down(dirs...) }
 
 // Up ends an outage begun by Down or Cut. Scheduled outages go on.
 func (p *Path) Up() { p.shaper.Up() }
@@ -99,7 +100,7 @@ func (p *Path) endClosed() {
 type Conn struct {
 	path          *Path
 	local, remote *net.UDPAddr
-	dir           int // the direction it writes into
+	dir           Direction // the direction it writes into
 
 	mu            sync.Mutex
 	closed        bool
@@ -113,7 +114,7 @@ type Conn struct {
 
 var _ net.PacketConn = (*Conn)(nil)
 
-func newConn(p *Path, local, remote *net.UDPAddr, dir int) *Conn {
+func newConn(p *Path, local, remote *net.UDPAddr, dir Direction) *Conn {
 	return &Conn{
 		path:       p,
 		local:      local,

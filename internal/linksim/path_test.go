@@ -79,6 +79,7 @@ func TestDelay(t *testing.T) {
 		{"lan", linksim.Profile{}},
 		{"leo delay", linksim.Profile{Delay: 20 * time.Millisecond}},
 		{"geo delay", linksim.Profile{Delay: 300 * time.Millisecond}},
+		{"a downlink of its own", linksim.Profile{Delay: 300 * time.Millisecond, Downlink: &linksim.Impairments{Delay: 20 * time.Millisecond}}},
 	}
 	for _, tt := range tests {
 		for _, down := range []bool{false, true} {
@@ -96,8 +97,12 @@ func TestDelay(t *testing.T) {
 					if err != nil {
 						t.Fatal(err)
 					}
-					if got := time.Since(start); got != tt.p.Delay {
-						t.Errorf("arrived after %v, want %v", got, tt.p.Delay)
+					want := tt.p.Delay
+					if down && tt.p.Downlink != nil {
+						want = tt.p.Downlink.Delay
+					}
+					if got := time.Since(start); got != want {
+						t.Errorf("arrived after %v, want %v", got, want)
 					}
 					if string(buf[:n]) != "hello" || addr.String() != from.LocalAddr().String() {
 						t.Errorf("read %q from %v, want %q from %v", buf[:n], addr, "hello", from.LocalAddr())
@@ -315,6 +320,9 @@ func TestOutage(t *testing.T) {
 		p       linksim.Profile
 		command func(*linksim.Path)
 		windows []window
+		// downWindows, if set, are the downlink's, and windows the
+		// uplink's alone.
+		downWindows []window
 	}{
 		{
 			name:    "scheduled",
@@ -355,6 +363,18 @@ func TestOutage(t *testing.T) {
 			windows: []window{{1005 * time.Millisecond, 2005 * time.Millisecond}},
 		},
 		{
+			name: "uplink only",
+			p:    linksim.Profile{Delay: delay},
+			command: func(p *linksim.Path) {
+				time.Sleep(time.Second + 5*time.Millisecond)
+				p.Down(linksim.Uplink)
+				time.Sleep(500 * time.Millisecond)
+				p.Up()
+			},
+			windows:     []window{{1005 * time.Millisecond, 1505 * time.Millisecond}},
+			downWindows: []window{},
+		},
+		{
 			name: "up before the packets in flight arrive",
 			p:    linksim.Profile{Delay: delay},
 			command: func(p *linksim.Path) {
@@ -370,21 +390,29 @@ func TestOutage(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
 				up, down, stats := outageRun(t, tt.p, step, total, tt.command)
-				lost := lostIn(tt.windows)
-				var want []int
-				for i := 0; time.Duration(i)*step < total; i++ {
-					if !lost(time.Duration(i) * step) {
-						want = append(want, i)
+				expect := func(windows []window) []int {
+					lost := lostIn(windows)
+					var want []int
+					for i := 0; time.Duration(i)*step < total; i++ {
+						if !lost(time.Duration(i) * step) {
+							want = append(want, i)
+						}
 					}
+					return want
 				}
-				if !slices.Equal(up, want) {
+				downWindows := tt.windows
+				if tt.downWindows != nil {
+					downWindows = tt.downWindows
+				}
+				if want := expect(tt.windows); !slices.Equal(up, want) {
 					t.Errorf("uplink delivered %v,\nwant %v", up, want)
 				}
-				if !slices.Equal(down, want) {
+				if want := expect(downWindows); !slices.Equal(down, want) {
 					t.Errorf("downlink delivered %v,\nwant %v", down, want)
 				}
-				for _, tr := range []linksim.Traffic{stats.Uplink, stats.Downlink} {
-					if tr.OutageDrops.Packets == 0 || tr.Delivered.Packets+tr.OutageDrops.Packets != tr.Sent.Packets {
+				for i, tr := range []linksim.Traffic{stats.Uplink, stats.Downlink} {
+					outage := i == 0 && len(tt.windows) > 0 || i == 1 && len(downWindows) > 0
+					if outage != (tr.OutageDrops.Packets > 0) || tr.Delivered.Packets+tr.OutageDrops.Packets != tr.Sent.Packets {
 						t.Errorf("stats %+v: outage drops and deliveries do not add up", tr)
 					}
 				}
@@ -594,6 +622,30 @@ func TestTruncatedRead(t *testing.T) {
 			if err != nil || string(buf[:n]) != want {
 				t.Errorf("ReadFrom = %q, %v; want %q", buf[:n], err, want)
 			}
+		}
+	})
+}
+
+// TestDownlinkImpairments: a profile's Downlink impairs the hub-to-agent
+// direction alone.
+func TestDownlinkImpairments(t *testing.T) {
+	const n = 2000
+	p := linksim.Profile{Delay: 10 * time.Millisecond, Downlink: &linksim.Impairments{Delay: 10 * time.Millisecond, Loss: 0.5}}
+	synctest.Test(t, func(t *testing.T) {
+		path := linksim.NewPath(p, 7)
+		agent, hub := path.Endpoints()
+		for i := range n {
+			agent.WriteTo(packet(i, 100), hub.LocalAddr())
+			hub.WriteTo(packet(i, 100), agent.LocalAddr())
+		}
+		time.Sleep(time.Second)
+		s := path.Stats()
+		path.Close()
+		if s.Uplink.Lost.Packets != 0 || s.Uplink.Delivered.Packets != n {
+			t.Errorf("uplink %+v: want all %d delivered", s.Uplink, n)
+		}
+		if got := float64(s.Downlink.Lost.Packets); math.Abs(got-n/2) > 5*math.Sqrt(n/4) {
+			t.Errorf("downlink lost %v of %d, want about half", got, n)
 		}
 	})
 }

@@ -69,10 +69,42 @@ type Profile struct {
 	// starts. While it is down every packet written is dropped, and every
 	// packet queued or in flight when it goes down is lost.
 	OutageEvery, OutageFor time.Duration
+	// Downlink, if set, impairs the hub-to-agent direction instead of
+	// Delay, Jitter, Loss, DownRate and QueueBytes: satellite links are
+	// rarely symmetric (a terminal's uplink is often the lossier and the
+	// slower way). Outages take both directions down.
+	Downlink *Impairments
 	// OutageFirst, if not zero, starts the first outage this long after
 	// the path starts instead of at OutageEvery (the rest follow every
 	// OutageEvery): a transfer shorter than the period still meets one.
 	OutageFirst time.Duration
+}
+
+// Impairments are what one direction of a path does to datagrams: a
+// Profile's own for the uplink, and its Downlink's (if set) for the
+// downlink. The fields mean what the Profile's of the same names do.
+type Impairments struct {
+	Delay, Jitter time.Duration
+	Loss          float64
+	Rate          int64
+	QueueBytes    int
+}
+
+// uplink returns the impairments of the agent-to-hub direction.
+func (p Profile) uplink() Impairments {
+	return Impairments{Delay: p.Delay, Jitter: p.Jitter, Loss: p.Loss, Rate: p.Rate, QueueBytes: p.QueueBytes}
+}
+
+// downlink returns the impairments of the hub-to-agent direction.
+func (p Profile) downlink() Impairments {
+	if p.Downlink != nil {
+		return *p.Downlink
+	}
+	im := p.uplink()
+	if p.DownRate != 0 {
+		im.Rate = p.DownRate
+	}
+	return im
 }
 
 // The named profiles of the SPEC ("Link profiles"), plus lan.
@@ -113,14 +145,11 @@ func ProfileByName(name string) (Profile, error) {
 
 // Validate reports whether p describes a path that can be simulated.
 func (p Profile) Validate() error {
-	var errs []error
-	if p.Delay < 0 || p.Jitter < 0 {
-		errs = append(errs, errors.New("delay and jitter must not be negative"))
+	errs := []error{p.uplink().validate("")}
+	if p.Downlink != nil {
+		errs = append(errs, p.Downlink.validate("downlink "))
 	}
-	if !(p.Loss >= 0 && p.Loss < 1) {
-		errs = append(errs, fmt.Errorf("loss %v must be in [0, 1)", p.Loss))
-	}
-	if p.Rate < 0 || p.DownRate < 0 {
+	if p.DownRate < 0 {
 		errs = append(errs, errors.New("rates must not be negative"))
 	}
 	if p.OutageEvery < 0 || p.OutageFor < 0 || p.OutageFirst < 0 {
@@ -135,24 +164,31 @@ func (p Profile) Validate() error {
 	return nil
 }
 
-// downRate is the downlink's rate cap.
-func (p Profile) downRate() int64 {
-	if p.DownRate != 0 {
-		return p.DownRate
+// validate reports what is wrong with im, each error starting with what.
+func (im Impairments) validate(what string) error {
+	var errs []error
+	if im.Delay < 0 || im.Jitter < 0 {
+		errs = append(errs, fmt.Errorf("%sdelay and jitter must not be negative", what))
 	}
-	return p.Rate
+	if !(im.Loss >= 0 && im.Loss < 1) {
+		errs = append(errs, fmt.Errorf("%sloss %v must be in [0, 1)", what, im.Loss))
+	}
+	if im.Rate < 0 {
+		errs = append(errs, fmt.Errorf("%srates must not be negative", what))
+	}
+	return errors.Join(errs...)
 }
 
-// queueLimit is the bottleneck queue in bytes in front of rate, or -1 for
-// an unbounded one.
-func (p Profile) queueLimit(rate int64) int {
+// queueLimit is the bottleneck queue in bytes in front of the rate cap,
+// or -1 for an unbounded one.
+func (im Impairments) queueLimit() int {
 	switch {
-	case p.QueueBytes < 0 || rate == 0:
+	case im.QueueBytes < 0 || im.Rate == 0:
 		return -1
-	case p.QueueBytes > 0:
-		return p.QueueBytes
+	case im.QueueBytes > 0:
+		return im.QueueBytes
 	}
-	bdp := float64(rate) / 8 * (2 * p.Delay).Seconds()
+	bdp := float64(im.Rate) / 8 * (2 * im.Delay).Seconds()
 	return int(max(math.Min(bdp, math.MaxInt32), minQueueBytes))
 }
 

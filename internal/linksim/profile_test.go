@@ -33,7 +33,7 @@ func TestProfileByName(t *testing.T) {
 			if err := p.Validate(); err != nil {
 				t.Error(err)
 			}
-			if got := p.downRate(); got != tt.rate {
+			if got := p.downlink().Rate; got != tt.rate {
 				t.Errorf("downlink rate = %d, want the uplink's %d", got, tt.rate)
 			}
 		})
@@ -61,6 +61,10 @@ func TestValidate(t *testing.T) {
 		{"outage without period", Profile{OutageFor: time.Second}, false},
 		{"outage as long as period", Profile{OutageFor: time.Second, OutageEvery: time.Second}, false},
 		{"outage", Profile{OutageFor: time.Second, OutageEvery: 2 * time.Second}, true},
+		{"negative first outage", Profile{OutageFor: time.Second, OutageEvery: 2 * time.Second, OutageFirst: -1}, false},
+		{"downlink", Profile{Loss: 0.01, Downlink: &Impairments{Delay: time.Second, Loss: 0.1, Rate: 1}}, true},
+		{"downlink loss one", Profile{Downlink: &Impairments{Loss: 1}}, false},
+		{"negative downlink jitter", Profile{Downlink: &Impairments{Jitter: -1}}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -86,10 +90,11 @@ func TestQueueLimit(t *testing.T) {
 		{"fixed", Profile{Rate: 1, QueueBytes: 5000}, 5000, 5000},
 		{"unbounded", Profile{Rate: 1, QueueBytes: -1}, -1, -1},
 		{"faster downlink", Profile{Delay: 300 * time.Millisecond, Rate: 1_000_000, DownRate: 10_000_000}, 75_000, 750_000},
+		{"a downlink of its own", Profile{Delay: 300 * time.Millisecond, Rate: 1_000_000, Downlink: &Impairments{Delay: 100 * time.Millisecond, Rate: 8_000_000}}, 75_000, 200_000},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			up, down := tt.p.queueLimit(tt.p.Rate), tt.p.queueLimit(tt.p.downRate())
+			up, down := tt.p.uplink().queueLimit(), tt.p.downlink().queueLimit()
 			if up != tt.up || down != tt.down {
 				t.Errorf("queue limits = %d, %d; want %d, %d", up, down, tt.up, tt.down)
 			}

@@ -38,11 +38,11 @@ func Relay(ctx context.Context, listen *net.UDPConn, upstream *net.UDPAddr, p Pr
 
 	var client atomic.Pointer[net.UDPAddr]
 	s := newShaper(p, seed, UDPOverhead, [2]func([]byte) bool{
-		uplink: func(b []byte) bool {
+		Uplink: func(b []byte) bool {
 			_, err := up.Write(b)
 			return err == nil
 		},
-		downlink: func(b []byte) bool {
+		Downlink: func(b []byte) bool {
 			to := client.Load()
 			if to == nil {
 				return false
@@ -66,7 +66,7 @@ func Relay(ctx context.Context, listen *net.UDPConn, upstream *net.UDPAddr, p Pr
 				return
 			}
 			client.Store(from)
-			s.send(uplink, slices.Clone(buf[:n]))
+			s.send(Uplink, slices.Clone(buf[:n]))
 		}
 	})
 	wg.Go(func() {
@@ -80,7 +80,7 @@ func Relay(ctx context.Context, listen *net.UDPConn, upstream *net.UDPAddr, p Pr
 				errc <- readError(ctx, "read from upstream", err)
 				return
 			}
-			s.send(downlink, slices.Clone(buf[:n]))
+			s.send(Downlink, slices.Clone(buf[:n]))
 		}
 	})
 

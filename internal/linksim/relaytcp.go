@@ -70,7 +70,6 @@ func RelayTCP(ctx context.Context, ln net.Listener, upstream string, p Profile, 
 // streamShaper shapes the byte streams of a TCP relay.
 type streamShaper struct {
 	sched schedule
-	delay time.Duration
 	dirs  [2]*streamDir
 }
 
@@ -87,14 +86,14 @@ type streamDir struct {
 }
 
 func newStreamShaper(p Profile, seed int64) *streamShaper {
-	st := &streamShaper{sched: newSchedule(p, time.Now()), delay: p.Delay}
-	for i, rate := range [2]int64{p.Rate, p.downRate()} {
+	st := &streamShaper{sched: newSchedule(p, time.Now())}
+	for i, im := range [2]Impairments{p.uplink(), p.downlink()} {
 		st.dirs[i] = &streamDir{
-			rate:   rate,
-			delay:  p.Delay,
-			jitter: p.Jitter,
-			loss:   p.Loss,
-			queue:  p.queueLimit(rate),
+			rate:   im.Rate,
+			delay:  im.Delay,
+			jitter: im.Jitter,
+			loss:   im.Loss,
+			queue:  im.queueLimit(),
 			rng:    rand.New(rand.NewPCG(uint64(seed), 0x6c696e6b74637000|uint64(i))),
 		}
 	}
@@ -184,8 +183,8 @@ func (st *streamShaper) serve(ctx context.Context, c net.Conn, upstream string) 
 	defer stop()
 
 	var wg sync.WaitGroup
-	wg.Go(func() { st.pump(ctx, cancel, st.dirs[uplink], c, u) })
-	wg.Go(func() { st.pump(ctx, cancel, st.dirs[downlink], u, c) })
+	wg.Go(func() { st.pump(ctx, cancel, st.dirs[Uplink], c, u) })
+	wg.Go(func() { st.pump(ctx, cancel, st.dirs[Downlink], u, c) })
 	wg.Wait()
 }
 

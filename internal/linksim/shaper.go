@@ -6,10 +6,13 @@ import (
 	"time"
 )
 
-// Directions of a path.
+// Direction is one way along a path.
+type Direction int
+
+// The directions of a path.
 const (
-	uplink   = 0 // agent → hub
-	downlink = 1 // hub → agent
+	Uplink   Direction = 0 // agent → hub
+	Downlink Direction = 1 // hub → agent
 )
 
 // Counter counts packets and their payload bytes.
@@ -71,6 +74,8 @@ type direction struct {
 	rng           *rand.Rand
 	deliver       func([]byte) bool
 
+	down        bool      // a commanded outage holds it down
+	lastDown    time.Time // when the latest commanded outage began
 	busyUntil   time.Time // when the transmitter has sent all it holds
 	lastWrite   time.Time
 	lastArrival time.Time
@@ -85,15 +90,13 @@ type direction struct {
 // (time.AfterFunc), so inside a testing/synctest bubble it follows the
 // bubble's clock, and once closed nothing of it is left running.
 type shaper struct {
-	mu       sync.Mutex
-	closed   bool
-	sched    schedule
-	down     bool      // commanded outage
-	lastDown time.Time // when the latest commanded outage began
-	cut      *time.Timer
-	cutGen   uint64
-	dirs     [2]*direction
-	running  sync.WaitGroup // timer callbacks under way
+	mu      sync.Mutex
+	closed  bool
+	sched   schedule
+	cut     *time.Timer
+	cutGen  uint64
+	dirs    [2]*direction
+	running sync.WaitGroup // timer callbacks under way
 }
 
 // newShaper returns a shaper for p whose deliveries go to deliver[uplink]
@@ -102,13 +105,13 @@ type shaper struct {
 // so one direction's traffic does not change the other's losses.
 func newShaper(p Profile, seed int64, overhead int, deliver [2]func([]byte) bool) *shaper {
 	s := &shaper{sched: newSchedule(p, time.Now())}
-	for i, rate := range [2]int64{p.Rate, p.downRate()} {
+	for i, im := range [2]Impairments{p.uplink(), p.downlink()} {
 		s.dirs[i] = &direction{
-			rate:     rate,
-			delay:    p.Delay,
-			jitter:   p.Jitter,
-			loss:     p.Loss,
-			queue:    p.queueLimit(rate),
+			rate:     im.Rate,
+			delay:    im.Delay,
+			jitter:   im.Jitter,
+			loss:     im.Loss,
+			queue:    im.queueLimit(),
 			overhead: overhead,
 			rng:      rand.New(rand.NewPCG(uint64(seed), 0x6c696e6b73696d00|uint64(i))),
 			deliver:  deliver[i],
@@ -117,13 +120,8 @@ func newShaper(p Profile, seed int64, overhead int, deliver [2]func([]byte) bool
 	return s
 }
 
-// isDown reports whether the link is down at now. The caller holds s.mu.
-func (s *shaper) isDown(now time.Time) bool {
-	return s.down || s.sched.downAt(now)
-}
-
 // send puts data, which the shaper now owns, on direction i.
-func (s *shaper) send(i int, data []byte) {
+func (s *shaper) send(i Direction, data []byte) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -144,11 +142,11 @@ func (s *shaper) send(i int, data []byte) {
 
 	// An outage since the last write lost what was queued or in flight:
 	// the transmitter is idle again, and nothing earlier is to arrive.
-	if s.lastDown.After(d.lastWrite) || s.sched.lastStart(now).After(d.lastWrite) {
+	if d.lastDown.After(d.lastWrite) || s.sched.lastStart(now).After(d.lastWrite) {
 		d.flush()
 	}
 	d.lastWrite = now
-	if s.isDown(now) {
+	if d.down || s.sched.downAt(now) {
 		d.stats.OutageDrops.add(n)
 		return
 	}
@@ -189,7 +187,7 @@ func (d *direction) flush() {
 }
 
 // arm schedules direction i's next arrival after wait. The caller holds s.mu.
-func (s *shaper) arm(i int, wait time.Duration) {
+func (s *shaper) arm(i Direction, wait time.Duration) {
 	d := s.dirs[i]
 	if d.timer == nil {
 		d.timer = time.AfterFunc(wait, func() { s.arrive(i) })
@@ -201,7 +199,7 @@ func (s *shaper) arm(i int, wait time.Duration) {
 // arrive hands direction i's due datagrams to the receiver. Only one call
 // per direction delivers at a time (a call that finds another delivering
 // leaves the rest to it), so datagrams arrive in order.
-func (s *shaper) arrive(i int) {
+func (s *shaper) arrive(i Direction) {
 	s.mu.Lock()
 	d := s.dirs[i]
 	if s.closed || d.firing {
@@ -217,7 +215,7 @@ func (s *shaper) arrive(i int) {
 		f := d.flights[0]
 		d.flights[0] = flight{}
 		d.flights = d.flights[1:]
-		if s.down || s.sched.hits(f.sent, now) {
+		if d.down || s.sched.hits(f.sent, now) {
 			d.stats.OutageDrops.add(len(f.data))
 			continue
 		}
@@ -248,27 +246,36 @@ func (s *shaper) arrive(i int) {
 	}
 }
 
-// setDown takes the link down (or keeps it down) until setUp. The caller
-// holds s.mu.
-func (s *shaper) setDown() {
+// setDown takes the given directions down (or keeps them down) until
+// setUp. The caller holds s.mu.
+func (s *shaper) setDown(dirs ...Direction) {
 	s.cutGen++
 	if s.cut != nil {
 		s.cut.Stop()
 	}
-	if !s.down {
-		s.down = true
-		s.lastDown = time.Now()
-		for _, d := range s.dirs {
+	for _, i := range dirs {
+		if d := s.dirs[i]; !d.down {
+			d.down, d.lastDown = true, time.Now()
 			d.flush()
 		}
 	}
 }
 
-// Down takes the link down until Up.
-func (s *shaper) Down() {
+// setUp ends every commanded outage. The caller holds s.mu.
+func (s *shaper) setUp() {
+	for _, d := range s.dirs {
+		d.down = false
+	}
+}
+
+// Down takes the given directions down until Up; none means both.
+func (s *shaper) Down(dirs ...Direction) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.setDown()
+	if len(dirs) == 0 {
+		dirs = []Direction{Uplink, Downlink}
+	}
+	s.setDown(dirs...)
 }
 
 // Up ends a commanded outage (Down or Cut). Scheduled outages go on.
@@ -279,23 +286,23 @@ func (s *shaper) Up() {
 	if s.cut != nil {
 		s.cut.Stop()
 	}
-	s.down = false
+	s.setUp()
 }
 
-// Cut takes the link down for d.
+// Cut takes the link down both ways for d.
 func (s *shaper) Cut(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return
 	}
-	s.setDown()
+	s.setDown(Uplink, Downlink)
 	gen := s.cutGen
 	s.cut = time.AfterFunc(d, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.cutGen == gen {
-			s.down = false
+			s.setUp()
 		}
 	})
 }
@@ -304,7 +311,7 @@ func (s *shaper) Cut(d time.Duration) {
 func (s *shaper) stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return Stats{Uplink: s.dirs[uplink].stats, Downlink: s.dirs[downlink].stats}
+	return Stats{Uplink: s.dirs[Uplink].stats, Downlink: s.dirs[Downlink].stats}
 }
 
 // close stops the shaper: what is in flight is dropped, and close returns
