@@ -99,8 +99,8 @@ type shaper struct {
 	running sync.WaitGroup // timer callbacks under way
 }
 
-// newShaper returns a shaper for p whose deliveries go to deliver[uplink]
-// and deliver[downlink]; a deliver function reports whether the receiver
+// newShaper returns a shaper for p whose deliveries go to deliver[Uplink]
+// and deliver[Downlink]; a deliver function reports whether the receiver
 // took the datagram. Each direction draws from its own PCG stream of seed,
 // so one direction's traffic does not change the other's losses.
 func newShaper(p Profile, seed int64, overhead int, deliver [2]func([]byte) bool) *shaper {
