@@ -4,6 +4,7 @@ package linkbench
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -173,7 +174,13 @@ func newTCPLink(p linksim.Profile, seed int64) (*tcpLink, error) {
 	// already, so the rate is raised to match for full-size packets.
 	q := p
 	q.Rate = p.Rate * (tunMTU + linksim.UDPOverhead) / tunMTU
-	q.DownRate = q.Rate
+	if p.Downlink != nil {
+		down := *p.Downlink
+		down.Rate = down.Rate * (tunMTU + linksim.UDPOverhead) / tunMTU
+		q.Downlink = &down
+	} else {
+		q.DownRate = cmp.Or(p.DownRate, p.Rate) * (tunMTU + linksim.UDPOverhead) / tunMTU
+	}
 	l.path, l.pathStart = linksim.NewPath(q, seed), time.Now()
 	agentEnd, hubEnd := l.path.Endpoints()
 	pump := func(tun *os.File, end *linksim.Conn, to net.Addr) {
@@ -295,7 +302,6 @@ func HTTPSUpload(ctx context.Context, p linksim.Profile, seed int64, objs []Obje
 				if g >= total/2 && outage > 0 {
 					cutOnce.Do(func() {
 						cutAt.Store(time.Now().UnixNano())
-						res.OutageAt = time.Since(start)
 						l.mu.Lock()
 						l.up = time.Now().Add(outage)
 						l.mu.Unlock()
@@ -356,6 +362,7 @@ func HTTPSUpload(ctx context.Context, p linksim.Profile, seed int64, objs []Obje
 	down := linkDown{p: p, start: l.pathStart, cut: outage}
 	if at := cutAt.Load(); at != 0 {
 		down.cutAt = time.Unix(0, at)
+		res.OutageAt = down.cutAt.Sub(start)
 	}
 	res.DownTime = down.between(start, time.Now())
 	res.Bytes = min(got.Load(), total)

@@ -194,8 +194,7 @@ func Transfer(ctx context.Context, r Run) Result {
 		res.Err = a.session(ctx)
 	}
 	res.Took = time.Since(start)
-	down := linkDown{p: r.Profile, start: pathStart, cutAt: cutAt, cut: r.Outage}
-	res.DownTime = down.between(start, time.Now())
+	end := time.Now()
 	res.QUIC, res.Dials, res.ChunkBytesResent = a.stats, a.dials, a.resent
 	if up, first := watch.times(); !up.IsZero() && !first.IsZero() {
 		res.ResumeAfter = first.Sub(up)
@@ -203,6 +202,10 @@ func Transfer(ctx context.Context, r Run) Result {
 	hubCancel()
 	hubWG.Wait()
 	dialer.Wait()
+	// The hub's goroutine, which took the link down, has ended: cutAt is
+	// final.
+	down := linkDown{p: r.Profile, start: pathStart, cutAt: cutAt, cut: r.Outage}
+	res.DownTime = down.between(start, end)
 	s := path.Stats()
 	res.Up, res.Down = s.Uplink, s.Downlink
 	res.LinkBytesLost = s.Uplink.OutageDrops.Bytes
@@ -285,6 +288,7 @@ type agent struct {
 	dials  int
 	resent int64 // chunk bytes sent again after a session started over
 	high   []int // per object, how far it was ever sent
+	sent   bool  // a session sent something: the hub may hold part of it
 	stats  quic.ConnectionStats
 }
 
@@ -328,11 +332,11 @@ func (a *agent) once(ctx context.Context) (bool, error) {
 	if err := protocol.WriteMessage(str, hello); err != nil {
 		return false, err
 	}
-	// As the agent's sync does, the first session sends right behind its
-	// Hello; a session after one that was cut off waits for the HelloOK,
-	// which says from where to resume.
+	// As the agent's sync does, a session sends right behind its Hello
+	// until one has sent something; after that, the hub may hold part of
+	// an object, and the HelloOK says from where to resume.
 	var ok *protocol.HelloOK
-	if a.dials > 1 {
+	if a.sent {
 		msg, err := protocol.ReadMessage(r)
 		if err != nil {
 			return false, err
@@ -391,6 +395,7 @@ func (a *agent) sendObject(w io.Writer, i, off int) error {
 			a.resent += int64(a.high[i] - off)
 		}
 		a.high[i] = max(a.high[i], end)
+		a.sent = true
 		c := &protocol.Chunk{Seq: uint64(i + 1), Offset: uint64(off), Total: uint64(len(data)), Final: end == len(data), Data: data[off:end]}
 		if err := protocol.WriteMessage(w, c); err != nil {
 			return err

@@ -375,6 +375,20 @@ func TestOutage(t *testing.T) {
 			downWindows: []window{},
 		},
 		{
+			name: "the uplink held through a cut",
+			p:    linksim.Profile{Delay: delay},
+			command: func(p *linksim.Path) {
+				time.Sleep(time.Second + 5*time.Millisecond)
+				p.Cut(500 * time.Millisecond)
+				time.Sleep(100 * time.Millisecond)
+				p.Down(linksim.Uplink)
+				time.Sleep(900 * time.Millisecond)
+				p.Up()
+			},
+			windows:     []window{{1005 * time.Millisecond, 2005 * time.Millisecond}},
+			downWindows: []window{{1005 * time.Millisecond, 1505 * time.Millisecond}},
+		},
+		{
 			name: "up before the packets in flight arrive",
 			p:    linksim.Profile{Delay: delay},
 			command: func(p *linksim.Path) {

@@ -70,9 +70,10 @@ type Profile struct {
 	// packet queued or in flight when it goes down is lost.
 	OutageEvery, OutageFor time.Duration
 	// Downlink, if set, impairs the hub-to-agent direction instead of
-	// Delay, Jitter, Loss, DownRate and QueueBytes: satellite links are
-	// rarely symmetric (a terminal's uplink is often the lossier and the
-	// slower way). Outages take both directions down.
+	// Delay, Jitter, Loss, Rate and QueueBytes (its Rate zero means no
+	// cap; set it or DownRate, not both): satellite links are rarely
+	// symmetric (a terminal's uplink is often the lossier and the slower
+	// way). Outages take both directions down.
 	Downlink *Impairments
 	// OutageFirst, if not zero, starts the first outage this long after
 	// the path starts instead of at OutageEvery (the rest follow every
@@ -151,6 +152,9 @@ func (p Profile) Validate() error {
 	}
 	if p.DownRate < 0 {
 		errs = append(errs, errors.New("rates must not be negative"))
+	}
+	if p.DownRate != 0 && p.Downlink != nil {
+		errs = append(errs, errors.New("set the downlink's rate in DownRate or in Downlink, not both"))
 	}
 	if p.OutageEvery < 0 || p.OutageFor < 0 || p.OutageFirst < 0 {
 		errs = append(errs, errors.New("outage period and length must not be negative"))

@@ -64,6 +64,7 @@ func TestValidate(t *testing.T) {
 		{"negative first outage", Profile{OutageFor: time.Second, OutageEvery: 2 * time.Second, OutageFirst: -1}, false},
 		{"downlink", Profile{Loss: 0.01, Downlink: &Impairments{Delay: time.Second, Loss: 0.1, Rate: 1}}, true},
 		{"downlink loss one", Profile{Downlink: &Impairments{Loss: 1}}, false},
+		{"downlink and down rate", Profile{DownRate: 1, Downlink: &Impairments{}}, false},
 		{"negative downlink jitter", Profile{Downlink: &Impairments{Jitter: -1}}, false},
 	}
 	for _, tt := range tests {

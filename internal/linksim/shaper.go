@@ -74,7 +74,7 @@ type direction struct {
 	rng           *rand.Rand
 	deliver       func([]byte) bool
 
-	down        bool      // a commanded outage holds it down
+	held        bool      // Down holds it down until Up
 	lastDown    time.Time // when the latest commanded outage began
 	busyUntil   time.Time // when the transmitter has sent all it holds
 	lastWrite   time.Time
@@ -93,6 +93,7 @@ type shaper struct {
 	mu      sync.Mutex
 	closed  bool
 	sched   schedule
+	cutting bool // a Cut holds both directions down
 	cut     *time.Timer
 	cutGen  uint64
 	dirs    [2]*direction
@@ -146,7 +147,7 @@ func (s *shaper) send(i Direction, data []byte) {
 		d.flush()
 	}
 	d.lastWrite = now
-	if d.down || s.sched.downAt(now) {
+	if s.commanded(d) || s.sched.downAt(now) {
 		d.stats.OutageDrops.add(n)
 		return
 	}
@@ -215,7 +216,7 @@ func (s *shaper) arrive(i Direction) {
 		f := d.flights[0]
 		d.flights[0] = flight{}
 		d.flights = d.flights[1:]
-		if d.down || s.sched.hits(f.sent, now) {
+		if s.commanded(d) || s.sched.hits(f.sent, now) {
 			d.stats.OutageDrops.add(len(f.data))
 			continue
 		}
@@ -246,63 +247,73 @@ func (s *shaper) arrive(i Direction) {
 	}
 }
 
-// setDown takes the given directions down (or keeps them down) until
-// setUp. The caller holds s.mu.
-func (s *shaper) setDown(dirs ...Direction) {
-	s.cutGen++
-	if s.cut != nil {
-		s.cut.Stop()
-	}
-	for _, i := range dirs {
-		if d := s.dirs[i]; !d.down {
-			d.down, d.lastDown = true, time.Now()
-			d.flush()
-		}
+// commanded reports whether a commanded outage (Down or Cut) holds d
+// down. The caller holds s.mu.
+func (s *shaper) commanded(d *direction) bool { return d.held || s.cutting }
+
+// goDown notes that d went down now unless it already was, losing what
+// it held. The caller holds s.mu.
+func (s *shaper) goDown(d *direction) {
+	if !s.commanded(d) {
+		d.lastDown = time.Now()
+		d.flush()
 	}
 }
 
-// setUp ends every commanded outage. The caller holds s.mu.
-func (s *shaper) setUp() {
-	for _, d := range s.dirs {
-		d.down = false
-	}
-}
-
-// Down takes the given directions down until Up; none means both.
+// Down takes the given directions down until Up; none means both, and a
+// value that is neither Uplink nor Downlink is ignored.
 func (s *shaper) Down(dirs ...Direction) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if len(dirs) == 0 {
 		dirs = []Direction{Uplink, Downlink}
 	}
-	s.setDown(dirs...)
+	for _, i := range dirs {
+		if i == Uplink || i == Downlink {
+			s.goDown(s.dirs[i])
+			s.dirs[i].held = true
+		}
+	}
 }
 
-// Up ends a commanded outage (Down or Cut). Scheduled outages go on.
+// Up ends every commanded outage (Down and Cut). Scheduled outages go on.
 func (s *shaper) Up() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.endCut()
+	for _, d := range s.dirs {
+		d.held = false
+	}
+}
+
+// endCut ends a Cut under way, if any. The caller holds s.mu.
+func (s *shaper) endCut() {
 	s.cutGen++
 	if s.cut != nil {
 		s.cut.Stop()
 	}
-	s.setUp()
+	s.cutting = false
 }
 
-// Cut takes the link down both ways for d.
+// Cut takes the link down both ways for d; a direction that Down holds
+// stays down after it, until Up.
 func (s *shaper) Cut(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
 		return
 	}
-	s.setDown(Uplink, Downlink)
+	for _, dir := range s.dirs {
+		s.goDown(dir)
+	}
+	s.endCut()
+	s.cutting = true
 	gen := s.cutGen
 	s.cut = time.AfterFunc(d, func() {
 		s.mu.Lock()
 		defer s.mu.Unlock()
 		if s.cutGen == gen {
-			s.setUp()
+			s.cutting = false
 		}
 	})
 }

@@ -789,10 +789,11 @@ func FuzzShieldState(f *testing.F) {
 
 // TestNewSenderAfterSilence: a new sender from an address (an agent's
 // new socket behind a NAT that kept its port) is refused while the
-// current sender still sends, and taken once that one has been silent
-// for a retransmission timeout, however often the new one pings
-// meanwhile. Its own pings used to count as the address talking, and
-// kept a redial after a long outage out for half an hour.
+// current sender still sends, and taken at its first data frame once
+// that one has been silent for a retransmission timeout, however often
+// the new one pings meanwhile and whatever frames far from the current
+// sender's window come. Its own pings used to count as the address
+// talking, and kept a redial after a long outage out for half an hour.
 func TestNewSenderAfterSilence(t *testing.T) {
 	s := &Shield{conf: ShieldConfig{Mode: Server}, peers: map[string]*peer{}, byQUIC: map[string]*peer{},
 		readWake: make(chan struct{}), kick: make(chan struct{}, 1), done: make(chan struct{}), pc: newFakeConn()}
@@ -818,16 +819,17 @@ func TestNewSenderAfterSilence(t *testing.T) {
 		t.Fatalf("a new sender while the old one sends: %d refused, want 1", s.stats.Refused)
 	}
 	// The old sender falls silent (its connection died in an outage);
-	// the new one probes every 100 ms and sends its data now and then.
-	for i := range 300 {
+	// the new one probes every 100 ms, and junk far from the old
+	// sender's window comes too.
+	p := s.peers[addr.String()]
+	silence := 3 * p.rto()
+	for i := range int(silence / (100 * time.Millisecond)) {
 		now = now.Add(100 * time.Millisecond)
 		feed(appendPing(nil, uint32(i)))
-		if i%50 == 49 {
-			feed(appendData(nil, fresh, true, fresh, nil, []byte{0x40}))
-		}
+		feed(appendData(nil, old+1<<30, false, 0, nil, []byte{0x40}))
 	}
-	p := s.peers[addr.String()]
-	if p.rcvISN != fresh {
-		t.Fatalf("the new sender was not taken after 30 s of silence from the old one (%d refused)", s.stats.Refused)
+	feed(appendData(nil, fresh, true, fresh, nil, []byte{0x40}))
+	if p.rcvISN != fresh || s.stats.Refused != 1 {
+		t.Fatalf("the new sender's first data frame after %v of silence from the old one: refused (%d refused in all)", silence, s.stats.Refused)
 	}
 }

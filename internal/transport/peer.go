@@ -177,7 +177,11 @@ func (p *peer) handle(s *Shield, f frame, now time.Time) bool {
 			}
 			p.newSender(s, f.isn)
 		}
-		p.senderHeard = now
+		if d := seqDiff(f.seq, p.rcvNext); -maxAhead < d && d < maxAhead {
+			// Only a frame the current sender could have sent counts
+			// as its talking: one far from its window is dropped.
+			p.senderHeard = now
+		}
 		if p.receive(f.seq, now) {
 			p.deliver(s, f.seq, slices.Clone(f.payload), now)
 		} else {
@@ -201,6 +205,10 @@ func (p *peer) handle(s *Shield, f frame, now time.Time) bool {
 // What the playout held is handed over, not dropped: the new sender may
 // be a forgery, and QUIC authenticates what it takes.
 func (p *peer) newSender(s *Shield, isn uint32) {
+	if p.key != nil && p.key.retired {
+		// The keyed connection ended: the new one starts unkeyed.
+		p.key, p.strict = nil, false
+	}
 	for _, e := range p.ring {
 		if e != nil && e.data != nil {
 			s.deliverLocked(e.data, p.qaddr)

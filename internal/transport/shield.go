@@ -664,8 +664,8 @@ func (s *Shield) readLoop() {
 				p.strict = true
 			case p.key.retired && f.isNew && f.mac == nil:
 				// A new connection from the same socket, after the one
-				// keyed ended.
-				p.key, p.strict = nil, false
+				// keyed ended: handle takes it as a new sender, which
+				// drops the key, or refuses it, which keeps it.
 			case p.strict:
 				// Keyed, and the frame is not the peer's.
 				s.stats.Refused++
