@@ -169,9 +169,6 @@ func (p *peer) handle(s *Shield, f frame, now time.Time) bool {
 				// A new sender while the current one still sends:
 				// spoofed, or a stray from before; the real one will
 				// wait its turn (docs/transport.md, "Hostile input").
-				// Only the current sender's data counts as its
-				// talking: the new sender's own pings and refused
-				// frames must not keep it out for ever.
 				s.stats.Refused++
 				return kick
 			}
@@ -179,7 +176,9 @@ func (p *peer) handle(s *Shield, f frame, now time.Time) bool {
 		}
 		if d := seqDiff(f.seq, p.rcvNext); -maxAhead < d && d < maxAhead {
 			// Only a frame the current sender could have sent counts
-			// as its talking: one far from its window is dropped.
+			// as its talking: not one far from its window, nor the new
+			// sender's pings and refused frames, which used to keep a
+			// redial out for ever.
 			p.senderHeard = now
 		}
 		if p.receive(f.seq, now) {
